@@ -1,0 +1,234 @@
+"""init / shutdown, ranks and machines, topology get/set, and runtime switches (spec §1, §2.1, §2.2)."""
+
+import hashlib
+import logging
+from typing import Callable, List, Optional
+
+import networkx as nx
+import numpy as np
+import torch
+
+from bluefog import config, context
+from bluefog.context import neighbors
+from bluefog.errors import ArgumentAssertionError
+from bluefog.topology import ExponentialGraph, IsTopologyEquivalent, weight_matrix
+
+logger = logging.getLogger("bluefog")
+
+
+def _configure_logging(rank: int):
+    level = {"trace": logging.DEBUG, "fatal": logging.CRITICAL}.get(
+        config.log_level(), getattr(logging, config.log_level().upper(), logging.WARNING))
+    logger.setLevel(level)
+    if not any(getattr(h, "_bluefog", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)-15s %(levelname)s [rank {rank}] %(message)s"))
+        handler._bluefog = True
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def init(topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted: bool = False):
+    """Start (or refresh) the runtime and set the topology (default: ``ExponentialGraph(size())``).
+
+    Collective.  May be called again: it re-reads ``BLUEFOG_NODES_PER_MACHINE`` and resets the
+    topology, keeping windows, switches and the timeline.
+
+    Example::
+
+        import bluefog.torch as bf
+        bf.init()
+        print(bf.rank(), bf.size())
+    """
+    ctx = context.create()
+    _configure_logging(ctx.rank)
+    topology = topology_fn(ctx.size) if topology_fn is not None else ExponentialGraph(ctx.size)
+    set_topology(topology, is_weighted)
+
+
+def shutdown():
+    """Stop the runtime; pending ops fail with ``ShutdownError``.  ``init()`` may start it again."""
+    context.destroy()
+
+
+def size() -> int:
+    """Number of ranks in the job."""
+    return context.current().size
+
+
+def rank() -> int:
+    """This process's rank."""
+    return context.current().rank
+
+
+def local_size() -> int:
+    """Number of ranks on this machine (or in this ``BLUEFOG_NODES_PER_MACHINE`` block)."""
+    return context.current().local_size
+
+
+def local_rank() -> int:
+    """This rank's index on its machine."""
+    return context.current().local_rank
+
+
+def machine_size() -> int:
+    """Number of machines (homogeneous layouts only)."""
+    return context.current().machine_size()
+
+
+def machine_rank() -> int:
+    """This machine's index (homogeneous layouts only)."""
+    return context.current().machine_rank()
+
+
+def is_homogeneous() -> bool:
+    """True when every machine holds the same number of contiguous ranks."""
+    return context.current().homogeneous
+
+
+def _digest(topology: nx.DiGraph, is_weighted: bool) -> int:
+    data = weight_matrix(topology).tobytes() + bytes([int(is_weighted)])
+    return int.from_bytes(hashlib.blake2b(data, digest_size=7).digest(), "little")
+
+
+def set_topology(topology: Optional[nx.DiGraph] = None, is_weighted: bool = False) -> bool:
+    """Set the rank graph (collective).  Returns False, changing nothing, while windows exist.
+
+    Example::
+
+        bf.set_topology(bf.RingGraph(bf.size()), is_weighted=True)
+    """
+    ctx = context.current()
+    if topology is None:
+        topology = ExponentialGraph(ctx.size)
+    if not isinstance(topology, nx.DiGraph):
+        raise TypeError("topology must be a networkx.DiGraph object.")
+    if topology.number_of_nodes() != ctx.size:
+        raise TypeError(f"topology must have the same number of nodes as bf.size() ({ctx.size}); "
+                        f"got {topology.number_of_nodes()}.")
+    if IsTopologyEquivalent(topology, ctx.topology) and bool(is_weighted) == ctx.is_weighted:
+        return True
+    if ctx.windows:
+        if ctx.local_rank == 0:
+            logger.error("Cannot set the topology while windows exist (%s); call bf.win_free() "
+                         "first.", ", ".join(sorted(ctx.windows)))
+        return False
+    from bluefog.ops.collective import allgather
+    digests = allgather(torch.tensor([_digest(topology, is_weighted)], dtype=torch.int64),
+                        name="bluefog.set_topology")
+    if not bool((digests == digests[0]).all()):
+        raise ValueError("set_topology: ranks passed different topologies or is_weighted flags; "
+                         "every rank must set the same graph.")
+    ctx.topology = topology
+    ctx.is_weighted = bool(is_weighted)
+    if ctx.local_rank == 0:
+        logger.info("Topology is set (weighted=%s).", ctx.is_weighted)
+    return True
+
+
+def load_topology() -> Optional[nx.DiGraph]:
+    """The graph given to the last effective ``set_topology``."""
+    return context.current().topology
+
+
+def is_topo_weighted() -> bool:
+    return context.current().is_weighted
+
+
+def in_neighbor_ranks() -> List[int]:
+    """Ranks this rank receives from (ascending, without self)."""
+    return context.current().in_neighbors()
+
+
+def out_neighbor_ranks() -> List[int]:
+    """Ranks this rank sends to (ascending, without self)."""
+    return context.current().out_neighbors()
+
+
+def set_machine_topology(topology: Optional[nx.DiGraph], is_weighted: bool = False) -> bool:
+    """Set the machine graph used by ``hierarchical_neighbor_allreduce`` (no communication)."""
+    ctx = context.current()
+    if topology is None:
+        raise ValueError("Machine topology shall not be None.")
+    if not isinstance(topology, nx.DiGraph):
+        raise TypeError("machine topology must be a networkx.DiGraph object.")
+    if not ctx.homogeneous:
+        raise ArgumentAssertionError("Only supports homogeneous environment now")
+    if topology.number_of_nodes() != ctx.machine_size():
+        raise TypeError(f"machine topology must have bf.machine_size() ({ctx.machine_size()}) nodes; "
+                        f"got {topology.number_of_nodes()}.")
+    if (IsTopologyEquivalent(topology, ctx.machine_topology)
+            and bool(is_weighted) == ctx.is_machine_weighted):
+        return True
+    ctx.machine_topology = topology
+    ctx.is_machine_weighted = bool(is_weighted)
+    return True
+
+
+def load_machine_topology() -> Optional[nx.DiGraph]:
+    return context.current().machine_topology
+
+
+def is_machine_topo_weighted() -> bool:
+    return context.current().is_machine_weighted
+
+
+def in_neighbor_machine_ranks() -> List[int]:
+    ctx = context.current()
+    if ctx.machine_topology is None:
+        return []
+    return neighbors(ctx.machine_topology, ctx.machine_rank(), incoming=True)
+
+
+def out_neighbor_machine_ranks() -> List[int]:
+    ctx = context.current()
+    if ctx.machine_topology is None:
+        return []
+    return neighbors(ctx.machine_topology, ctx.machine_rank(), incoming=False)
+
+
+def mpi_threads_supported() -> bool:
+    """True when MPI runs with ``MPI_THREAD_MULTIPLE``."""
+    ctx = context.current()
+    return ctx.MPI.Query_thread() == ctx.MPI.THREAD_MULTIPLE
+
+
+def unified_mpi_window_model_supported() -> bool:
+    """True when MPI windows use the unified memory model (collective: makes a dummy window)."""
+    ctx = context.current()
+    MPI = ctx.MPI
+    win = MPI.Win.Allocate(8, comm=ctx.caller_comm)
+    try:
+        return win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
+    finally:
+        win.Free()
+
+
+def nccl_built() -> bool:
+    """True only when CUDA tensors go over NCCL with one GPU per local rank (not in this build)."""
+    return False
+
+
+def suspend():
+    """Pause the engine (for notebooks); every op raises ``ValueError`` until :func:`resume`."""
+    context.current().suspended = True
+
+
+def resume():
+    """Undo :func:`suspend`."""
+    context.current().suspended = False
+
+
+def set_skip_negotiate_stage(value: bool):
+    """Run ops straight from the local queue, without matching names across ranks (collective)."""
+    if not context.initialized():
+        logger.error("Cannot set skip negotiate stage before bf.init().")
+        return
+    engine = context.current().engine
+    engine.drain()
+    engine.skip_negotiation = bool(value)
+
+
+def get_skip_negotiate_stage() -> bool:
+    return context.current().engine.skip_negotiation if context.initialized() else False

@@ -1,0 +1,1 @@
+"""Shared, framework-independent parts of bluefog (topology utilities and helpers)."""

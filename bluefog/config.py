@@ -1,0 +1,98 @@
+"""Every ``BLUEFOG_*`` environment variable, read in one place.
+
+Each variable is a named constant below; :func:`read` returns the parsed values at the moment it is
+called (``bf.init()`` calls it, so variables set from Python right before ``init`` take effect).
+Unknown or malformed values raise ``ValueError`` naming the variable and what is allowed.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+LOG_LEVEL = "BLUEFOG_LOG_LEVEL"
+TIMELINE = "BLUEFOG_TIMELINE"
+FUSION_THRESHOLD = "BLUEFOG_FUSION_THRESHOLD"
+CYCLE_TIME = "BLUEFOG_CYCLE_TIME"
+MPI_THREAD_LEVEL = "BLUEFOG_MPI_THREAD_LEVEL"
+NODES_PER_MACHINE = "BLUEFOG_NODES_PER_MACHINE"
+OPS_ON_CPU = "BLUEFOG_OPS_ON_CPU"
+MAX_WIN_SENT_LENGTH = "BLUEFOG_MAX_WIN_SENT_LENGTH"
+FAILURE_DIR = "BLUEFOG_FAILURE_DIR"
+
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "fatal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Parsed environment, as read by :func:`read`."""
+
+    log_level: str = "warning"
+    timeline: Optional[str] = None
+    fusion_threshold: int = 8 * 1024 * 1024
+    cycle_time_ms: float = 0.5
+    nodes_per_machine: Optional[int] = None
+    ops_on_cpu: bool = False
+    max_win_sent_length: int = 1000
+
+
+def _number(name, cast, default, minimum):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {cast.__name__}; unset it or give a number "
+                         f">= {minimum}.") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be >= {minimum}.")
+    return value
+
+
+def _flag(name):
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "off", "no"):
+        return False
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"{name}={raw!r} is not a switch; use 1 or 0.")
+
+
+def log_level() -> str:
+    """The ``BLUEFOG_LOG_LEVEL`` value (default ``warning``)."""
+    raw = os.environ.get(LOG_LEVEL, "warning").strip().lower() or "warning"
+    if raw not in LOG_LEVELS:
+        raise ValueError(f"{LOG_LEVEL}={raw!r} is not a log level; use one of {', '.join(LOG_LEVELS)}.")
+    return raw
+
+
+def read() -> Settings:
+    """Parse every variable now.
+
+    Example::
+
+        settings = read()
+        settings.fusion_threshold  # 8388608 unless BLUEFOG_FUSION_THRESHOLD says otherwise
+    """
+    return Settings(
+        log_level=log_level(),
+        timeline=os.environ.get(TIMELINE) or None,
+        fusion_threshold=_number(FUSION_THRESHOLD, int, Settings.fusion_threshold, 0),
+        cycle_time_ms=_number(CYCLE_TIME, float, Settings.cycle_time_ms, 0.0),
+        nodes_per_machine=_number(NODES_PER_MACHINE, int, None, 1),
+        ops_on_cpu=_flag(OPS_ON_CPU),
+        max_win_sent_length=_number(MAX_WIN_SENT_LENGTH, int, Settings.max_win_sent_length, 1),
+    )
+
+
+def mpi_thread_level() -> str:
+    """mpi4py's name for the thread level requested at MPI initialisation.
+
+    bluefog drives MPI from its progress thread and from the caller's thread (window ops), so it
+    asks for ``multiple`` unless ``BLUEFOG_MPI_THREAD_LEVEL`` says otherwise.
+    """
+    names = {0: "single", 1: "funneled", 2: "serialized", 3: "multiple"}
+    level = _number(MPI_THREAD_LEVEL, int, 3, 0)
+    if level not in names:
+        raise ValueError(f"{MPI_THREAD_LEVEL}={level} is not a thread level; use 0, 1, 2 or 3.")
+    return names[level]

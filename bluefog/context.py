@@ -1,0 +1,168 @@
+"""The one runtime context of a process: MPI world, ranks, machines, topologies and the engine.
+
+``bf.init()`` creates it (and may be called again: it re-reads ``BLUEFOG_NODES_PER_MACHINE``, rebuilds
+the machine groups if that changed, and resets the topology); ``bf.shutdown()`` ends it.
+"""
+
+import atexit
+import logging
+import sys
+import threading
+from typing import List, Optional
+
+import networkx as nx
+
+from bluefog import config
+from bluefog.errors import NOT_INITIALIZED
+from bluefog.topology import ExponentialGraph, GetRecvWeights, IsTopologyEquivalent
+
+logger = logging.getLogger("bluefog")
+
+
+class Context:
+    """Everything ``init`` sets up.  Reach it through :func:`current`."""
+
+    def __init__(self):
+        from bluefog.engine import Engine
+        from bluefog.engine.mpi import mpi
+        MPI = mpi()
+        self.MPI = MPI
+        self.world = MPI.COMM_WORLD
+        self.size = self.world.Get_size()
+        self.rank = self.world.Get_rank()
+        self.settings = config.read()
+        self.engine = Engine(self.world, self.settings.cycle_time_ms)
+        self.caller_comm = self.world.Dup()   # collectives issued on the caller's thread
+        self.local_comm = None
+        self.nodes_per_machine: object = "unset"
+        self.topology: Optional[nx.DiGraph] = None
+        self.is_weighted = False
+        self.machine_topology: Optional[nx.DiGraph] = None
+        self.is_machine_weighted = False
+        self.windows: dict = {}
+        self.associated_p = False
+        self.suspended = False
+        self.build_machines()
+
+    # ------------------------------------------------------------------ machines
+    def build_machines(self):
+        """(Re)build the machine-local groups from ``BLUEFOG_NODES_PER_MACHINE`` or shared memory."""
+        per_machine = config.read().nodes_per_machine
+        if per_machine == self.nodes_per_machine:
+            return
+        if self.local_comm is not None:
+            self.local_comm.Free()
+        if per_machine is None:
+            self.local_comm = self.world.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+        else:
+            if self.size % per_machine:
+                logger.warning("BLUEFOG_NODES_PER_MACHINE=%d does not divide the world size %d.",
+                               per_machine, self.size)
+            self.local_comm = self.world.Split(color=self.rank // per_machine, key=self.rank)
+        self.nodes_per_machine = per_machine
+        self.local_size = self.local_comm.Get_size()
+        self.local_rank = self.local_comm.Get_rank()
+        pairs = self.world.allgather((self.local_size, self.local_rank))
+        self.homogeneous = all(ls == self.local_size and r % ls == lr
+                               for r, (ls, lr) in enumerate(pairs))
+        self.local_members = self.local_comm.allgather(self.rank)
+        if not self.homogeneous and self.rank == 0:
+            logger.warning("The ranks are not spread homogeneously over machines; machine-level "
+                           "ops (hierarchical_neighbor_allreduce) need a homogeneous layout.")
+
+    def machine_size(self) -> int:
+        self.require_homogeneous()
+        return self.size // self.local_size
+
+    def machine_rank(self) -> int:
+        self.require_homogeneous()
+        return self.rank // self.local_size
+
+    def require_homogeneous(self):
+        if not self.homogeneous:
+            raise AssertionError("Only supports homogeneous environment now")
+
+    # ------------------------------------------------------------------ topology
+    def in_neighbors(self) -> List[int]:
+        return neighbors(self.topology, self.rank, incoming=True)
+
+    def out_neighbors(self) -> List[int]:
+        return neighbors(self.topology, self.rank, incoming=False)
+
+    def recv_weights(self):
+        return GetRecvWeights(self.topology, self.rank)
+
+    def close(self):
+        self.engine.close()
+        for comm in (self.caller_comm, self.local_comm):
+            try:
+                comm.Free()
+            except Exception:
+                pass
+
+
+def neighbors(graph: Optional[nx.DiGraph], node: int, incoming: bool) -> List[int]:
+    if graph is None:
+        return []
+    found = graph.predecessors(node) if incoming else graph.successors(node)
+    return sorted(int(r) for r in found if r != node)
+
+
+_context: Optional[Context] = None
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+def current() -> Context:
+    """The live context; ``ValueError`` if ``bf.init()`` has not run."""
+    if _context is None:
+        raise ValueError(NOT_INITIALIZED)
+    return _context
+
+
+def initialized() -> bool:
+    return _context is not None
+
+
+def create() -> Context:
+    """Create the context on first use, or refresh the machine groups of the existing one."""
+    global _context, _atexit_registered
+    with _lock:
+        if _context is None:
+            _context = Context()
+            _install_failure_hook(_context)
+            if not _atexit_registered:
+                atexit.register(destroy)
+                _atexit_registered = True
+        else:
+            _context.engine.drain()
+            _context.build_machines()
+        return _context
+
+
+def destroy():
+    """Shut down: fail pending ops, free communicators.  ``init`` may create a new context later."""
+    global _context
+    with _lock:
+        if _context is not None:
+            ctx, _context = _context, None
+            ctx.close()
+
+
+def _install_failure_hook(ctx: Context):
+    """An uncaught exception on one rank ends the whole job at once, naming that rank."""
+    if ctx.size == 1 or getattr(sys.excepthook, "_bluefog", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        from bluefog.run.failure import record_failure
+        record_failure(ctx.rank, value)
+        sys.stderr.write(f"bluefog: rank {ctx.rank} failed with {kind.__name__}: {value}; "
+                         "aborting the job.\n")
+        sys.stderr.flush()
+        ctx.world.Abort(1)
+
+    hook._bluefog = True
+    sys.excepthook = hook

@@ -1,0 +1,306 @@
+"""The engine: a queue of ops, their negotiation, and the kernels that move the data.
+
+Runtime model
+-------------
+* ``submit`` puts a :class:`Request` on the queue and returns at once.
+* Whoever holds the *drive lock* advances the engine with :meth:`Engine.progress`: it starts
+  negotiation rounds (see ``negotiation.py``), starts the kernels of agreed ops in the agreed order,
+  and tests their MPI requests.  A kernel is a generator that yields lists of MPI requests and
+  returns the op's output, so many ops can be in flight at once and MPI collectives always start in
+  the same order on every rank.
+* A background thread drives while the caller computes (so communication overlaps forward and
+  backward); a caller blocked in ``wait`` drives itself, which saves a thread hand-off per op.  Both
+  back off (yield, then sleep up to a millisecond) when nothing moves, so four ranks on two cores do
+  not starve each other.
+* With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
+  one at a time, with no matching.
+* Every failure reaches the caller as an exception through the op's handle; the engine keeps going.
+"""
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from bluefog.engine import negotiation
+from bluefog.engine.handle import Handle
+from bluefog.engine.mpi import mpi
+from bluefog.engine.request import Launch, Request
+from bluefog.errors import SHUT_DOWN, ShutdownError
+
+logger = logging.getLogger("bluefog")
+
+_DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_allreduce) or window "
+                   "ops like (win_put, win_create) a tensor with the same name as another tensor that "
+                   "is currently being processed: '{}'. Wait for it (bf.synchronize) or use another name.")
+_STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
+_SKIP_TAG = 7
+
+
+class Backoff:
+    """Poll politely: yield the CPU a few times, then sleep with growing pauses."""
+
+    def __init__(self, longest: float = 1e-3):
+        self.longest = longest
+        self.reset()
+
+    def reset(self):
+        self._spins = 0
+        self._pause = 2e-5
+
+    def pause(self, wait: Optional[Callable[[float], object]] = None):
+        if self._spins < 20:
+            self._spins += 1
+            os.sched_yield()
+            return
+        if wait is None:
+            time.sleep(self._pause)
+        else:
+            wait(self._pause)
+        self._pause = min(self._pause * 2, self.longest)
+
+
+class _Running:
+    __slots__ = ("request", "kernel", "waiting")
+
+    def __init__(self, request, kernel):
+        self.request = request
+        self.kernel = kernel
+        self.waiting: list = []
+
+
+class Engine:
+    """Owns the communicators of the world and drives every op.
+
+    Example::
+
+        engine = Engine(MPI.COMM_WORLD, cycle_time_ms=0.5)
+        handle = engine.submit(request)
+        output = engine.wait(handle)
+    """
+
+    def __init__(self, world, cycle_time_ms: float = 0.5):
+        MPI = mpi()
+        self.data_comm = world.Dup()
+        self.ctrl_comm = world.Dup()
+        self.size = world.Get_size()
+        self.rank = world.Get_rank()
+        tag_ub = self.data_comm.Get_attr(MPI.TAG_UB) or 32767
+        self._tag_span = max(1024, min(int(tag_ub), 1 << 30) - 64)
+        self._layout = negotiation.Layout(self.size)
+        self._cycle = cycle_time_ms / 1000.0
+        self.skip_negotiation = False
+
+        self._drive = threading.Lock()
+        self._state = threading.Condition()
+        self._submitted: collections.deque = collections.deque()
+        self._names: set = set()
+        self._pending: List[Request] = []
+        self._running: List[_Running] = []
+        self._round: Optional[_Running] = None
+        self._next_round = 0.0
+        self._unproductive = 0
+        self._seq = 0
+        self._waiters = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._background, name="bluefog-engine", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- submission and waiting
+    def submit(self, request: Request) -> Handle:
+        """Queue ``request``; raises ``ValueError`` if its name is already in flight."""
+        with self._state:
+            if self._closed:
+                raise ShutdownError(SHUT_DOWN)
+            if request.name in self._names:
+                raise ValueError(_DUPLICATE_NAME.format(request.name))
+            self._names.add(request.name)
+            self._submitted.append(request)
+            self._state.notify()
+        return request.handle
+
+    def wait(self, handle: Handle):
+        """Drive the engine until ``handle`` is done; return its output or raise its error."""
+        if not handle.done():
+            with self._state:
+                self._waiters += 1
+            try:
+                self._drive_until(handle.done, handle.wait_event)
+            finally:
+                with self._state:
+                    self._waiters -= 1
+        return handle.result()
+
+    def idle(self) -> bool:
+        return not (self._submitted or self._pending or self._running or self._round)
+
+    def drain(self):
+        """Wait until every submitted op has finished (used before changing global state)."""
+        self._drive_until(self.idle, None)
+
+    def _drive_until(self, finished, wait):
+        backoff = Backoff()
+        while not finished():
+            if self._closed:
+                raise ShutdownError(SHUT_DOWN)
+            if self._drive.acquire(blocking=False):
+                try:
+                    moved = self.progress()
+                finally:
+                    self._drive.release()
+                if moved:
+                    backoff.reset()
+                    continue
+            backoff.pause(wait)
+
+    # ----------------------------------------------------------------- the progress pass
+    def progress(self) -> bool:
+        """Advance everything one step; the caller holds the drive lock.  True if anything moved."""
+        moved = False
+        while self._submitted:
+            self._pending.append(self._submitted.popleft())
+            moved = True
+        if self.skip_negotiation:
+            if self._pending and not self._running and self._round is None:
+                self._launch(self._pending.pop(0), None)
+                moved = True
+        else:
+            moved |= self._advance_round()
+        for entry in list(self._running):
+            moved |= self._step(entry)
+        return moved
+
+    def _advance_round(self) -> bool:
+        if self._round is None:
+            if not self._pending or time.monotonic() < self._next_round:
+                return False
+            blocked = self._waiters > 0
+            kernel = negotiation.negotiate(self.ctrl_comm, self._layout, list(self._pending), blocked)
+            self._round = _Running(None, kernel)
+        entry = self._round
+        if entry.waiting and not mpi().Request.Testall(entry.waiting):
+            return False
+        try:
+            entry.waiting = entry.kernel.send(None)
+            return True
+        except StopIteration as stop:
+            self._round = None
+            self._apply(stop.value)
+            return True
+
+    def _apply(self, decision: negotiation.Decision):
+        for req, error in decision.errors:
+            self._pending.remove(req)
+            self._finish(req, error=error)
+        for req, dim0s in decision.ready:
+            self._pending.remove(req)
+            self._launch(req, dim0s)
+        if decision.empty():
+            self._unproductive += 1
+            self._next_round = time.monotonic() + max(self._cycle, min(0.05, 1e-4 * self._unproductive))
+            if decision.stuck and self._unproductive >= _STUCK_ROUNDS:
+                for req in list(self._pending):
+                    self._pending.remove(req)
+                    self._finish(req, error=ValueError(decision.stuck))
+        else:
+            self._unproductive = 0
+
+    def _launch(self, req: Request, dim0s):
+        if dim0s is None:
+            launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
+        else:
+            launch = Launch(seq=self._seq, tag=64 + self._seq % self._tag_span, dim0s=dim0s)
+        self._seq += 1
+        try:
+            kernel = req.start(launch)
+        except Exception as error:  # bad input caught late: report through the handle
+            self._finish(req, error=error)
+            return
+        if dim0s is None and req.sends is not None:
+            kernel = self._checked(req, kernel)
+        entry = _Running(req, kernel)
+        self._running.append(entry)
+        self._step(entry)
+
+    def _checked(self, req: Request, kernel):
+        """Skip-negotiate mode: the topology check is its own collective before the data moves."""
+        rec = np.zeros(2 * self._layout.words, dtype=np.uint64)
+        rec[:self._layout.words] = negotiation._bitmap(req.sends, self._layout.words)
+        rec[self._layout.words:] = negotiation._bitmap(req.recvs, self._layout.words)
+        table = np.empty((self.size, rec.size), dtype=np.uint64)
+        yield [self.ctrl_comm.Iallgather(rec, table)]
+        w = self._layout.words
+        problem = negotiation.topology_mismatch(
+            [negotiation._bitmap_ranks(row[:w], self.size) for row in table],
+            [negotiation._bitmap_ranks(row[w:], self.size) for row in table])
+        if problem:
+            raise ValueError(problem)
+        return (yield from kernel)
+
+    def _step(self, entry: _Running) -> bool:
+        if entry.waiting and not mpi().Request.Testall(entry.waiting):
+            return False
+        try:
+            entry.waiting = entry.kernel.send(None)
+        except StopIteration as stop:
+            self._running.remove(entry)
+            self._finish(entry.request, output=stop.value)
+        except Exception as error:
+            self._running.remove(entry)
+            self._finish(entry.request, error=error)
+        return True
+
+    def _finish(self, req: Request, output=None, error: Optional[BaseException] = None):
+        with self._state:
+            self._names.discard(req.name)
+        if error is not None:
+            req.handle.set_error(error)
+        else:
+            req.handle.set_result(output)
+
+    # ----------------------------------------------------------------- background thread
+    def _background(self):
+        backoff = Backoff(longest=1e-3)
+        while True:
+            with self._state:
+                while not self._closed and (self.idle() or self._waiters):
+                    self._state.wait(0.002 if self._waiters else None)
+                if self._closed:
+                    return
+            if self._drive.acquire(timeout=0.002):
+                try:
+                    moved = self.progress()
+                except BaseException:  # never die silently: fail what is pending
+                    logger.exception("bluefog engine failure")
+                    moved = False
+                finally:
+                    self._drive.release()
+                if moved:
+                    backoff.reset()
+                    continue
+            backoff.pause()
+
+    def close(self):
+        """Stop the thread, fail every unfinished op with :class:`ShutdownError`, free communicators."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.notify_all()
+        self._thread.join(timeout=5)
+        with self._drive:
+            leftovers = list(self._submitted) + self._pending + [e.request for e in self._running]
+            self._submitted.clear()
+            self._pending.clear()
+            self._running.clear()
+            for req in leftovers:
+                self._finish(req, error=ShutdownError(SHUT_DOWN))
+            for comm in (self.data_comm, self.ctrl_comm):
+                try:
+                    comm.Free()
+                except Exception:  # MPI may already be finalized at interpreter exit
+                    pass

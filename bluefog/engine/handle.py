@@ -1,0 +1,62 @@
+"""Handles: the Future-like objects that nonblocking ops return."""
+
+import itertools
+import threading
+from typing import Any, Optional
+
+_ids = itertools.count(1)
+
+
+class Handle:
+    """The pending result of one op.
+
+    ``bf.synchronize(handle)`` waits for it and returns the output tensor; ``bf.poll(handle)`` tells
+    whether it is done.  ``int(handle)`` is its process-wide number (starting at 1).
+
+    Example::
+
+        h = bf.allreduce_nonblocking(x)
+        ...            # compute while the engine communicates
+        y = bf.synchronize(h)
+    """
+
+    __slots__ = ("id", "name", "output", "_event", "_error", "cleared")
+
+    def __init__(self, name: str, output: Any = None):
+        self.id = next(_ids)
+        self.name = name
+        self.output = output
+        self._event = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.cleared = False
+
+    def __int__(self):
+        return self.id
+
+    def __index__(self):
+        return self.id
+
+    def __repr__(self):
+        state = "done" if self.done() else "pending"
+        return f"<bluefog Handle {self.id} {self.name!r} {state}>"
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, output: Any) -> None:
+        if output is not None:
+            self.output = output
+        self._event.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def wait_event(self, timeout: Optional[float]) -> bool:
+        return self._event.wait(timeout)
+
+    def result(self) -> Any:
+        """The output, or the op's error raised here.  Call only when :meth:`done`."""
+        if self._error is not None:
+            raise self._error
+        return self.output

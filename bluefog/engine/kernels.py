@@ -1,0 +1,150 @@
+"""Kernels: one generator per op kind that moves the data and returns the output.
+
+A kernel yields lists of MPI requests (the engine resumes it once all of them completed) and returns
+the op's output tensor.  Arithmetic is delegated to a ``combine`` callable from ``bluefog.ops``.
+float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
+"""
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
+
+Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
+
+
+def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
+    """``tensor * weight`` computed in the tensor's own precision (float32 for float16)."""
+    if weight is None:
+        return tensor
+    work = compute_dtype(tensor.dtype)
+    return (tensor.to(work) * weight).to(tensor.dtype)
+
+
+def allreduce(comm, tensor: torch.Tensor, output: torch.Tensor, divisor: int):
+    """Sum over ``comm`` into ``output`` (which may be ``tensor``), then divide by ``divisor``."""
+    MPI = mpi()
+    work_dtype = compute_dtype(tensor.dtype)
+    if work_dtype != tensor.dtype:
+        work = tensor.to(work_dtype)
+        yield [comm.Iallreduce(MPI.IN_PLACE, work.reshape(-1).numpy(), MPI.SUM)]
+    else:
+        work = output
+        source = MPI.IN_PLACE if output is tensor else wire(tensor)
+        yield [comm.Iallreduce(source, wire(output), MPI.SUM)]
+    if divisor > 1:
+        work.div_(divisor)
+    if work is not output:
+        output.copy_(work)
+    return output
+
+
+def broadcast(comm, tensor: torch.Tensor, output: torch.Tensor, root: int):
+    """Copy the root's ``tensor`` into every rank's ``output``."""
+    if comm.Get_rank() == root and output is not tensor:
+        output.copy_(tensor)
+    yield [comm.Ibcast(wire(output), root=root)]
+    return output
+
+
+def _row_elements(tensor: torch.Tensor) -> int:
+    return int(np.prod(tensor.shape[1:], dtype=np.int64))
+
+
+def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
+    """Concatenate every rank's tensor along dim 0; first dims may differ."""
+    if dim0s is None:
+        table = np.empty(comm.Get_size(), dtype=np.int64)
+        yield [comm.Iallgather(np.array([tensor.shape[0]], dtype=np.int64), table)]
+        dim0s = table.tolist()
+    row = _row_elements(tensor)
+    counts = np.array(dim0s, dtype=np.int64) * row
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    output = tensor.new_empty((int(sum(dim0s)),) + tuple(tensor.shape[1:]))
+    received = wire(output)
+    yield [comm.Iallgatherv(wire(tensor), [received, counts, displs, datatype(received)])]
+    return output
+
+
+def neighbor_allgather(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int],
+                       recvs: Sequence[int], dim0s: Optional[Sequence[int]]):
+    """Send ``tensor`` to ``sends``; concatenate what ``recvs`` sent, in the order of ``recvs``."""
+    if dim0s is None:
+        sizes = np.empty(len(recvs), dtype=np.int64)
+        mine = np.array([tensor.shape[0]], dtype=np.int64)
+        yield ([comm.Irecv(sizes[k:k + 1], source=r, tag=tag) for k, r in enumerate(recvs)]
+               + [comm.Isend(mine, dest=d, tag=tag) for d in sends])
+        counts = sizes.tolist()
+    else:
+        counts = [dim0s[r] for r in recvs]
+    output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
+    requests, start = [], 0
+    for r, count in zip(recvs, counts):
+        requests.append(comm.Irecv(wire(output[start:start + count]), source=r, tag=tag))
+        start += count
+    requests += [comm.Isend(wire(tensor), dest=d, tag=tag) for d in sends]
+    yield requests
+    return output
+
+
+def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
+             wire_dtype: Optional[torch.dtype] = None):
+    """Send (weighted copies of) ``tensor``; receive one tensor of its shape from each of ``recvs``.
+
+    Returns the received slots stacked in the order of ``recvs`` (shape ``(len(recvs),) + shape``).
+    """
+    dtype = wire_dtype or tensor.dtype
+    slots = torch.empty((len(recvs),) + tuple(tensor.shape), dtype=dtype)
+    outgoing = [scaled(tensor, w).to(dtype) for _, w in sends]
+    requests = [comm.Irecv(wire(slots[k]), source=r, tag=tag) for k, r in enumerate(recvs)]
+    requests += [comm.Isend(wire(t), dest=d, tag=tag) for (d, _), t in zip(sends, outgoing)]
+    yield requests
+    return slots
+
+
+def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
+                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``."""
+    slots = yield from exchange(comm, tag, tensor, sends, recvs)
+    return combine(tensor, slots)
+
+
+def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, members: Sequence[int],
+                                    machine_sends: Sends, machine_recvs: Sequence[int],
+                                    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Sum within the machine, exchange machine sums between machine leaders, share, combine.
+
+    ``members`` are the world ranks of this machine (the first is the leader); ``machine_sends`` /
+    ``machine_recvs`` name the leader ranks of neighbor machines.  Every member returns the same
+    ``combine(machine_sum, received_machine_sums)``; sums travel in the compute dtype.
+    """
+    work_dtype = compute_dtype(tensor.dtype)
+    rank, leader, others = comm.Get_rank(), members[0], list(members[1:])
+    if rank == leader:
+        parts = yield from exchange(comm, tag, tensor, [], others)
+        total = tensor.to(work_dtype, copy=True)
+        for part in parts:
+            total += part.to(work_dtype)
+        received = yield from exchange(comm, tag, total, machine_sends, machine_recvs, work_dtype)
+        packed = torch.cat([total.unsqueeze(0), received]).contiguous()
+        yield [comm.Isend(wire(packed), dest=m, tag=tag) for m in others]
+    else:
+        yield from exchange(comm, tag, tensor, [(leader, None)], [])
+        packed = torch.empty((1 + len(machine_recvs),) + tuple(tensor.shape), dtype=work_dtype)
+        yield [comm.Irecv(wire(packed), source=leader, tag=tag)]
+    return combine(packed[0], packed[1:]).to(tensor.dtype)
+
+
+def pair_gossip(comm, tag: int, tensor: torch.Tensor, target: int,
+                combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Swap tensors with ``target`` and combine."""
+    slots = yield from exchange(comm, tag, tensor, [(target, None)], [target])
+    return combine(tensor, slots)
+
+
+def barrier(comm):
+    """Wait until every rank of ``comm`` reached this op."""
+    yield [comm.Ibarrier()]
+    return None

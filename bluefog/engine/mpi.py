@@ -1,0 +1,44 @@
+"""Lazy access to mpi4py and the mapping from torch tensors to MPI buffers.
+
+Importing ``mpi4py.MPI`` initialises MPI, so it happens at the first ``bf.init()``, not at import.
+"""
+
+import numpy as np
+import torch
+
+from bluefog import config
+
+_MPI = None
+
+# MPI has no 16-bit float type: float16 travels as raw 16-bit words and is computed in float32.
+_WIRE_DTYPE = {torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def mpi():
+    """The ``mpi4py.MPI`` module, initialising MPI on first use."""
+    global _MPI
+    if _MPI is None:
+        import mpi4py
+        mpi4py.rc.thread_level = config.mpi_thread_level()
+        from mpi4py import MPI
+        _MPI = MPI
+    return _MPI
+
+
+def wire(tensor: torch.Tensor) -> np.ndarray:
+    """A zero-copy numpy view of a contiguous CPU tensor, in a dtype MPI can carry."""
+    wire_dtype = _WIRE_DTYPE.get(tensor.dtype)
+    if wire_dtype is not None:
+        tensor = tensor.view(wire_dtype)
+    return tensor.reshape(-1).numpy()
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which arithmetic on ``dtype`` data is done (float16 is computed in float32)."""
+    return torch.float32 if dtype in _WIRE_DTYPE else dtype
+
+
+def datatype(array: np.ndarray):
+    """The MPI datatype of a numpy array's elements."""
+    from mpi4py.util.dtlib import from_numpy_dtype
+    return from_numpy_dtype(array.dtype)

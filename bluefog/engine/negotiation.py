@@ -1,0 +1,181 @@
+"""Matching ops across ranks by name, without a coordinator.
+
+A rank with pending ops joins a *round*: an ``Iallgather`` of a fixed-size record holding the digests
+(name + signature) of its first few pending ops, their first dims, and for a dynamic neighbor op the
+bitmaps of whom it sends to and receives from.  Every rank then runs the same pure decision on the
+same table, so all reach the same verdict without further messages:
+
+* fast path: the longest common prefix of the digest lists is executed, in that order;
+* slow path (ranks submitted in different orders, or disagree): every rank allgathers the summaries of
+  all its pending ops; names present on every rank run in rank 0's order, mismatched signatures
+  become a ``ValueError`` on every rank, and a round where nothing can run while every rank is
+  blocked waiting is a deadlock, reported as a ``ValueError`` naming what each rank waits for.
+
+A round is a collective only among ranks that have work, which is fine: every negotiated op needs
+every rank, so a rank with nothing pending holds everybody up anyway.
+"""
+
+import dataclasses
+import pickle
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bluefog.engine.mpi import mpi
+from bluefog.engine.request import Request
+
+MAX_HEADS = 16
+MAX_SLOW_SUMMARIES = 512
+TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
+
+
+@dataclasses.dataclass
+class Decision:
+    """What a round decided, identical on every rank (request objects are this rank's own)."""
+
+    ready: List[Tuple[Request, Optional[Tuple[int, ...]]]] = dataclasses.field(default_factory=list)
+    errors: List[Tuple[Request, Exception]] = dataclasses.field(default_factory=list)
+    stuck: Optional[str] = None   # set when every rank is blocked and nothing can run
+
+    def empty(self) -> bool:
+        return not self.ready and not self.errors
+
+
+def _bitmap(ranks, words: int) -> List[int]:
+    bits = [0] * words
+    for r in ranks:
+        bits[r // 64] |= 1 << (r % 64)
+    return bits
+
+
+def _bitmap_ranks(words: Sequence[int], size: int) -> List[int]:
+    return [r for r in range(size) if (int(words[r // 64]) >> (r % 64)) & 1]
+
+
+def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[int]]) -> Optional[str]:
+    """Check "i sends to j" <=> "j receives from i" for every pair; describe the first violation."""
+    send_edges = {(i, j) for i, dsts in enumerate(sends) for j in dsts}
+    recv_edges = {(i, j) for j, srcs in enumerate(recvs) for i in srcs}
+    diff = sorted(send_edges ^ recv_edges)
+    if not diff:
+        return None
+    i, j = diff[0]
+    side = (f"rank {i} sends to rank {j} but rank {j} does not receive from it"
+            if (i, j) in send_edges else
+            f"rank {j} receives from rank {i} but rank {i} does not send to it")
+    return f"{TOPOLOGY_MISMATCH}: {side}."
+
+
+class Layout:
+    """Positions inside the fixed-size round record of a world of ``size`` ranks."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.words = (size + 63) // 64
+        self.heads = 2
+        self.topo = self.heads + 2 * MAX_HEADS
+        self.length = self.topo + 1 + 2 * self.words
+
+    def record(self, pending: Sequence[Request], blocked: bool) -> Tuple[np.ndarray, int]:
+        """This rank's record and how many heads it offers."""
+        rec = np.zeros(self.length, dtype=np.uint64)
+        heads = []
+        for i, req in enumerate(pending[:MAX_HEADS]):
+            if req.sends is not None and i > 0:
+                break   # a checked op is negotiated alone, at the head
+            heads.append(req)
+            if req.sends is not None:
+                break
+        rec[0] = int(blocked)
+        rec[1] = len(heads)
+        for k, req in enumerate(heads):
+            rec[self.heads + 2 * k] = req.digest()
+            rec[self.heads + 2 * k + 1] = req.dim0
+        if heads and heads[0].sends is not None:
+            rec[self.topo] = 1
+            base = self.topo + 1
+            rec[base:base + self.words] = _bitmap(heads[0].sends, self.words)
+            rec[base + self.words:base + 2 * self.words] = _bitmap(heads[0].recvs, self.words)
+        return rec, len(heads)
+
+    def decide_fast(self, table: np.ndarray, pending: Sequence[Request]) -> Optional[Decision]:
+        """The common prefix of every rank's heads, or None when there is none."""
+        count = int(table[:, 1].min())
+        digests = table[:, self.heads:self.heads + 2 * count:2]
+        agree = np.all(digests == digests[0], axis=0)
+        common = count if agree.all() else int(np.argmin(agree))
+        if common == 0:
+            return None
+        decision = Decision()
+        for k in range(common):
+            dim0s = tuple(int(d) for d in table[:, self.heads + 2 * k + 1])
+            decision.ready.append((pending[k], dim0s))
+        if table[0, self.topo]:
+            base = self.topo + 1
+            sends = [_bitmap_ranks(row[base:base + self.words], self.size) for row in table]
+            recvs = [_bitmap_ranks(row[base + self.words:base + 2 * self.words], self.size)
+                     for row in table]
+            problem = topology_mismatch(sends, recvs)
+            if problem:
+                decision.errors.append((pending[0], ValueError(problem)))
+                decision.ready.clear()
+        return decision
+
+
+def summary(req: Request) -> tuple:
+    sends = None if req.sends is None else tuple(sorted(req.sends))
+    recvs = None if req.recvs is None else tuple(sorted(req.recvs))
+    return (req.name, req.signature, req.dim0, sends, recvs)
+
+
+def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
+                pending: Sequence[Request]) -> Decision:
+    """Match by name across every rank's full list of pending summaries."""
+    by_name: List[Dict[str, tuple]] = [{s[0]: s for s in lst} for lst in lists]
+    mine = {req.name: req for req in pending}
+    decision = Decision()
+    for entry in lists[0]:
+        name = entry[0]
+        if not all(name in table for table in by_name):
+            continue
+        rows = [table[name] for table in by_name]
+        req = mine[name]
+        odd = [r for r, row in enumerate(rows) if row[1] != rows[0][1]]
+        if odd:
+            detail = "; ".join(f"rank {r}: {rows[r][1]}" for r in [0] + odd[:3])
+            decision.errors.append((req, ValueError(
+                f"Mismatched operations, data types or shapes for '{name}' across ranks ({detail}). "
+                "Every rank must call the same op with the same dtype and shape under one name.")))
+            continue
+        if rows[0][3] is not None:
+            problem = topology_mismatch([row[3] for row in rows], [row[4] for row in rows])
+            if problem:
+                decision.errors.append((req, ValueError(problem)))
+                continue
+        decision.ready.append((req, tuple(row[2] for row in rows)))
+    if decision.empty() and all(blocked):
+        waits = "; ".join(f"rank {r}: {[s[0] for s in lst[:4]]}" for r, lst in enumerate(lists))
+        decision.stuck = ("Mismatched collective calls across ranks: every rank is waiting and no op "
+                          f"was submitted by all of them ({waits}). Check that every rank calls the "
+                          "same ops with the same names.")
+    return decision
+
+
+def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
+    """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
+    MPI = mpi()
+    record, _ = layout.record(pending, blocked)
+    table = np.empty((layout.size, layout.length), dtype=np.uint64)
+    yield [comm.Iallgather(record, table)]
+    decision = layout.decide_fast(table, pending)
+    if decision is not None:
+        return decision
+    payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
+                            dtype=np.uint8)
+    lengths = np.empty(layout.size, dtype=np.int64)
+    yield [comm.Iallgather(np.array([payload.size], dtype=np.int64), lengths)]
+    displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    gathered = np.empty(int(lengths.sum()), dtype=np.uint8)
+    yield [comm.Iallgatherv(payload, [gathered, lengths, displs, MPI.BYTE])]
+    lists = [pickle.loads(gathered[d:d + n].tobytes()) for d, n in zip(displs, lengths)]
+    return decide_slow(lists, [bool(b) for b in table[:, 0]], pending)

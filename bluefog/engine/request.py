@@ -1,0 +1,48 @@
+"""The description of one submitted op, as the engine sees it."""
+
+import dataclasses
+import hashlib
+from typing import Any, Callable, FrozenSet, Generator, Optional, Tuple
+
+from bluefog.engine.handle import Handle
+
+# A kernel runs one op: it yields lists of MPI requests to wait for and returns the output.
+Kernel = Generator[list, None, Any]
+
+
+@dataclasses.dataclass
+class Launch:
+    """What negotiation tells a kernel: the op's sequence number and every rank's first dim."""
+
+    seq: int
+    tag: int
+    dim0s: Optional[Tuple[int, ...]] = None  # None when not negotiated (skip-negotiate mode)
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One op submitted to the engine.
+
+    ``signature`` holds what must agree across ranks (op kind, dtype, shape without its first dim,
+    root rank, flags); ``dim0`` is the first dim, which may differ for the allgather family.
+    ``sends`` / ``recvs`` are set for dynamic neighbor ops whose topology is to be checked.
+    ``start(launch)`` returns the kernel generator.
+    """
+
+    name: str
+    signature: Tuple
+    start: Callable[[Launch], Kernel]
+    handle: Handle
+    dim0: int = 0
+    sends: Optional[FrozenSet[int]] = None
+    recvs: Optional[FrozenSet[int]] = None
+    collective: bool = True       # False: only the ranks involved call it (pair_gossip)
+    activity: str = "OP"
+
+    def digest(self) -> int:
+        """A 63-bit hash of name + signature, identical on every rank for matching calls."""
+        text = repr((self.name, self.signature)).encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+    def describe(self) -> str:
+        return f"{self.name} {self.signature}"

@@ -1,0 +1,1 @@
+"""The communication ops, each written once on top of the engine."""

@@ -1,0 +1,109 @@
+"""allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
+
+import torch
+
+from bluefog.engine import kernels
+from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
+                                check_tensor, live_context, require, signature, synchronize)
+
+
+def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
+                           _output=None):
+    """In place: sum (or average) ``tensor`` over all ranks, or over the machine with
+    ``is_hierarchical_local=True``.  Returns a handle; ``synchronize`` gives back ``tensor``."""
+    check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
+    if average:
+        require(tensor.dtype in FLOAT_DTYPES,
+                "If average is set in allreduce, only float or double tensor is allowed.")
+    output = tensor if _output is None else _output
+    job = Submission("allreduce", name, output)
+    comm = job.ctx.local_comm if is_hierarchical_local else job.ctx.engine.data_comm
+    divisor = comm.Get_size() if average else 1
+    sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
+    return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor),
+                    activity="ALLREDUCE")
+
+
+def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
+    """Out of place :func:`allreduce_nonblocking_`: the input is left unchanged."""
+    check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
+    return allreduce_nonblocking_(tensor, average, is_hierarchical_local, name,
+                                  _output=torch.empty_like(tensor))
+
+
+def allreduce(tensor, average=True, is_hierarchical_local=False, name=None):
+    """Sum or average of ``tensor`` over all ranks, as a new tensor.
+
+    Example::
+
+        mean = bf.allreduce(torch.tensor([float(bf.rank())]))   # (size-1)/2 everywhere
+    """
+    return synchronize(allreduce_nonblocking(tensor, average, is_hierarchical_local, name))
+
+
+def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
+    """In-place :func:`allreduce`; returns ``tensor``."""
+    return synchronize(allreduce_nonblocking_(tensor, average, is_hierarchical_local, name))
+
+
+def broadcast_nonblocking_(tensor, root_rank, name=None, _output=None):
+    """In place: overwrite ``tensor`` with ``root_rank``'s value.  Returns a handle."""
+    check_tensor(tensor, MOVE_DTYPES, "broadcast")
+    size = live_context().size
+    if not isinstance(root_rank, int) or not 0 <= root_rank < size:
+        raise ValueError(f"Argument root_rank must be an int in [0, {size}), got {root_rank!r}.")
+    output = tensor if _output is None else _output
+    job = Submission("broadcast", name, output)
+    comm = job.ctx.engine.data_comm
+    sig = signature("broadcast", tensor, int(root_rank))
+    return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
+                    activity="BROADCAST")
+
+
+def broadcast_nonblocking(tensor, root_rank, name=None):
+    """Out of place :func:`broadcast_nonblocking_`."""
+    check_tensor(tensor, MOVE_DTYPES, "broadcast")
+    return broadcast_nonblocking_(tensor, root_rank, name, _output=torch.empty_like(tensor))
+
+
+def broadcast(tensor, root_rank, name=None):
+    """``root_rank``'s ``tensor`` on every rank, as a new tensor."""
+    return synchronize(broadcast_nonblocking(tensor, root_rank, name))
+
+
+def broadcast_(tensor, root_rank, name=None):
+    """In-place :func:`broadcast`; returns ``tensor``."""
+    return synchronize(broadcast_nonblocking_(tensor, root_rank, name))
+
+
+def allgather_nonblocking(tensor, name=None):
+    """Concatenation of every rank's ``tensor`` along dim 0 (first dims may differ).  A handle."""
+    check_tensor(tensor, MOVE_DTYPES, "allgather")
+    if tensor.dim() == 0:
+        raise ValueError("allgather: tried to allgather a rank-zero tensor; give it at least one "
+                         "dimension (e.g. tensor.reshape(1)).")
+    job = Submission("allgather", name)
+    comm = job.ctx.engine.data_comm
+    sig = signature("allgather", tensor, tensor.dim(), with_dim0=False)
+    return job.send(sig, lambda launch: kernels.allgather(comm, tensor, launch.dim0s),
+                    dim0=tensor.shape[0], activity="ALLGATHER")
+
+
+def allgather(tensor, name=None):
+    """Blocking :func:`allgather_nonblocking`."""
+    return synchronize(allgather_nonblocking(tensor, name))
+
+
+def barrier():
+    """Return once every rank has called ``barrier``; earlier blocking ops have all finished."""
+    ctx = live_context()
+    if ctx.engine.skip_negotiation:
+        ctx.engine.drain()
+        request = ctx.caller_comm.Ibarrier()
+        from bluefog.engine.engine import Backoff
+        backoff = Backoff()
+        while not request.Test():
+            backoff.pause()
+        return
+    job = Submission("barrier", "barrier")
+    synchronize(job.send(("barrier",), lambda launch: kernels.barrier(ctx.engine.data_comm)))

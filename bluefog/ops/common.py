@@ -1,0 +1,113 @@
+"""What every op shares: argument checks, internal names, submission, and handle functions."""
+
+import functools
+import itertools
+from typing import Callable, Optional
+
+import torch
+
+from bluefog import context
+from bluefog.engine import Handle, Request
+from bluefog.engine.request import Launch
+from bluefog.errors import ArgumentAssertionError
+
+FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+ALLREDUCE_DTYPES = (torch.int32, torch.int64) + FLOAT_DTYPES
+MOVE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + FLOAT_DTYPES
+
+_nameless = itertools.count(1)
+_SUSPENDED = "Bluefog background thread is suspended. use bf.resume() first."
+
+
+def live_context():
+    """The context, refusing while suspended."""
+    ctx = context.current()
+    if ctx.suspended:
+        raise ValueError(_SUSPENDED)
+    return ctx
+
+
+def check_tensor(tensor, allowed, op: str) -> torch.Tensor:
+    """Validate the tensor argument of ``op``: a contiguous tensor of an allowed dtype."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{op}: argument 'tensor' must be a torch.Tensor, got {type(tensor).__name__}.")
+    if not tensor.is_contiguous():
+        raise ValueError("Tensor is required to be contiguous.")
+    if tensor.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise ValueError(f"Tensor type {tensor.type()} is not supported. {op} takes {names}.")
+    return tensor
+
+
+def check_float_weight(value, argument: str):
+    if not isinstance(value, float):
+        raise ValueError(f"Argument {argument} has to be a float for self rank.")
+
+
+def signature(kind: str, tensor: torch.Tensor, *extra, with_dim0: bool = True) -> tuple:
+    """What must agree across ranks for ``kind`` on ``tensor``."""
+    shape = tuple(tensor.shape) if with_dim0 else tuple(tensor.shape[1:])
+    return (kind, str(tensor.dtype), tensor.device.type, shape) + extra
+
+
+class Submission:
+    """Build a request under the op's internal name and hand it to the engine.
+
+    Example::
+
+        handle = Submission("allreduce", name, output).send(sig, lambda launch: kernel(...))
+    """
+
+    def __init__(self, prefix: str, name: Optional[str], output=None):
+        self.ctx = live_context()
+        self.handle = Handle("", output)
+        if name is None:
+            name = f"noname.{next(_nameless)}"   # counts only submitted nameless ops
+        elif not isinstance(name, str):
+            raise TypeError(f"Argument name must be a str or None, got {type(name).__name__}.")
+        self.handle.name = f"{prefix}.{name}"
+
+    def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
+             recvs=None, activity: str = "OP") -> Handle:
+        request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
+                          dim0=dim0, sends=sends, recvs=recvs, activity=activity)
+        return self.ctx.engine.submit(request)
+
+
+def poll(handle) -> bool:
+    """True if the op behind ``handle`` has finished (never blocks)."""
+    if not isinstance(handle, Handle) or handle.cleared:
+        raise ValueError(f"Handle {handle} was not created or has been cleared.")
+    return handle.done()
+
+
+def synchronize(handle):
+    """Wait for the op behind ``handle`` and return its output tensor (or raise its error)."""
+    if not isinstance(handle, Handle) or handle.cleared:
+        raise ValueError("Cannot find handle to synchronize")
+    try:
+        return context.current().engine.wait(handle)
+    finally:
+        handle.cleared = True
+
+
+wait = synchronize
+
+
+def require(condition: bool, message: str):
+    """Raise the dual ValueError/AssertionError the original raised through ``assert``."""
+    if not condition:
+        raise ArgumentAssertionError(message)
+
+
+def renamed_keywords(**renames):
+    """Reject keywords that Bluefog renamed, with a ``TypeError`` saying what to use instead."""
+    def wrap(func):
+        @functools.wraps(func)
+        def checked(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    raise TypeError(f"{old} is deprecated in {func.__name__}: Use {new} instead.")
+            return func(*args, **kwargs)
+        return checked
+    return wrap

