@@ -18,6 +18,7 @@ Runtime model
 """
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -39,13 +40,15 @@ _DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_
                    "is currently being processed: '{}'. Wait for it (bf.synchronize) or use another name.")
 _STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
 _SKIP_TAG = 7
+_CALLER_SPINS = 5000
 
 
 class Backoff:
     """Poll politely: yield the CPU a few times, then sleep with growing pauses."""
 
-    def __init__(self, longest: float = 1e-3):
+    def __init__(self, longest: float = 1e-3, spins: int = 20):
         self.longest = longest
+        self.spins = spins
         self.reset()
 
     def reset(self):
@@ -53,7 +56,7 @@ class Backoff:
         self._pause = 2e-5
 
     def pause(self, wait: Optional[Callable[[float], object]] = None):
-        if self._spins < 20:
+        if self._spins < self.spins:
             self._spins += 1
             os.sched_yield()
             return
@@ -62,6 +65,13 @@ class Backoff:
         else:
             wait(self._pause)
         self._pause = min(self._pause * 2, self.longest)
+
+
+def wait_request(request) -> None:
+    """Wait for one MPI request on the calling thread, politely (no busy spin past a short while)."""
+    backoff = Backoff(spins=_CALLER_SPINS)
+    while not request.Test():
+        backoff.pause()
 
 
 class _Running:
@@ -120,19 +130,28 @@ class Engine:
                 raise ValueError(_DUPLICATE_NAME.format(request.name))
             self._names.add(request.name)
             self._submitted.append(request)
-            self._state.notify()
+            if not self._waiters:
+                self._state.notify()   # otherwise a waiting caller drives
         return request.handle
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Mark this thread as about to wait, so the background thread leaves driving to it."""
+        with self._state:
+            self._waiters += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._waiters -= 1
+                if not self.idle():
+                    self._state.notify()
 
     def wait(self, handle: Handle):
         """Drive the engine until ``handle`` is done; return its output or raise its error."""
         if not handle.done():
-            with self._state:
-                self._waiters += 1
-            try:
+            with self.waiting():
                 self._drive_until(handle.done, handle.wait_event)
-            finally:
-                with self._state:
-                    self._waiters -= 1
         return handle.result()
 
     def idle(self) -> bool:
@@ -143,7 +162,8 @@ class Engine:
         self._drive_until(self.idle, None)
 
     def _drive_until(self, finished, wait):
-        backoff = Backoff()
+        # The caller has nothing else to do: yield-spin a while before sleeping, as MPI does.
+        backoff = Backoff(spins=_CALLER_SPINS)
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)

@@ -30,7 +30,7 @@ def wire(tensor: torch.Tensor) -> np.ndarray:
     wire_dtype = _WIRE_DTYPE.get(tensor.dtype)
     if wire_dtype is not None:
         tensor = tensor.view(wire_dtype)
-    return tensor.reshape(-1).numpy()
+    return tensor.numpy()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

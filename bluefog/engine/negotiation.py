@@ -67,7 +67,7 @@ def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[i
 
 
 class Layout:
-    """Positions inside the fixed-size round record of a world of ``size`` ranks."""
+    """The fixed-size round record of a world of ``size`` ranks, with buffers reused every round."""
 
     def __init__(self, size: int):
         self.size = size
@@ -75,42 +75,47 @@ class Layout:
         self.heads = 2
         self.topo = self.heads + 2 * MAX_HEADS
         self.length = self.topo + 1 + 2 * self.words
+        self.mine = np.zeros(self.length, dtype=np.uint64)
+        self.table = np.zeros((size, self.length), dtype=np.uint64)
 
-    def record(self, pending: Sequence[Request], blocked: bool) -> Tuple[np.ndarray, int]:
-        """This rank's record and how many heads it offers."""
-        rec = np.zeros(self.length, dtype=np.uint64)
-        heads = []
-        for i, req in enumerate(pending[:MAX_HEADS]):
-            if req.sends is not None and i > 0:
+    def record(self, pending: Sequence[Request], blocked: bool) -> np.ndarray:
+        """Fill and return this rank's record: its first heads, their first dims, topology bits."""
+        rec = [0] * self.length
+        count = 0
+        for req in pending[:MAX_HEADS]:
+            if req.sends is not None and count > 0:
                 break   # a checked op is negotiated alone, at the head
-            heads.append(req)
+            rec[self.heads + 2 * count] = req.digest()
+            rec[self.heads + 2 * count + 1] = req.dim0
+            count += 1
             if req.sends is not None:
+                base = self.topo + 1
+                rec[self.topo] = 1
+                rec[base:base + self.words] = _bitmap(req.sends, self.words)
+                rec[base + self.words:base + 2 * self.words] = _bitmap(req.recvs, self.words)
                 break
         rec[0] = int(blocked)
-        rec[1] = len(heads)
-        for k, req in enumerate(heads):
-            rec[self.heads + 2 * k] = req.digest()
-            rec[self.heads + 2 * k + 1] = req.dim0
-        if heads and heads[0].sends is not None:
-            rec[self.topo] = 1
-            base = self.topo + 1
-            rec[base:base + self.words] = _bitmap(heads[0].sends, self.words)
-            rec[base + self.words:base + 2 * self.words] = _bitmap(heads[0].recvs, self.words)
-        return rec, len(heads)
+        rec[1] = count
+        self.mine[:] = rec
+        return self.mine
 
-    def decide_fast(self, table: np.ndarray, pending: Sequence[Request]) -> Optional[Decision]:
+    def decide_fast(self, table: List[List[int]], pending: Sequence[Request]) -> Optional[Decision]:
         """The common prefix of every rank's heads, or None when there is none."""
-        count = int(table[:, 1].min())
-        digests = table[:, self.heads:self.heads + 2 * count:2]
-        agree = np.all(digests == digests[0], axis=0)
-        common = count if agree.all() else int(np.argmin(agree))
+        first = table[0]
+        count = min(row[1] for row in table)
+        common = 0
+        while common < count:
+            slot = self.heads + 2 * common
+            if any(row[slot] != first[slot] for row in table):
+                break
+            common += 1
         if common == 0:
             return None
         decision = Decision()
         for k in range(common):
-            dim0s = tuple(int(d) for d in table[:, self.heads + 2 * k + 1])
-            decision.ready.append((pending[k], dim0s))
-        if table[0, self.topo]:
+            slot = self.heads + 2 * k + 1
+            decision.ready.append((pending[k], tuple(row[slot] for row in table)))
+        if first[self.topo]:
             base = self.topo + 1
             sends = [_bitmap_ranks(row[base:base + self.words], self.size) for row in table]
             recvs = [_bitmap_ranks(row[base + self.words:base + 2 * self.words], self.size)
@@ -164,9 +169,10 @@ def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
 def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
     MPI = mpi()
-    record, _ = layout.record(pending, blocked)
-    table = np.empty((layout.size, layout.length), dtype=np.uint64)
-    yield [comm.Iallgather(record, table)]
+    if layout.size == 1:
+        return Decision(ready=[(req, (req.dim0,)) for req in pending])
+    yield [comm.Iallgather(layout.record(pending, blocked), layout.table)]
+    table = layout.table.tolist()
     decision = layout.decide_fast(table, pending)
     if decision is not None:
         return decision
@@ -178,4 +184,4 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     gathered = np.empty(int(lengths.sum()), dtype=np.uint8)
     yield [comm.Iallgatherv(payload, [gathered, lengths, displs, MPI.BYTE])]
     lists = [pickle.loads(gathered[d:d + n].tobytes()) for d, n in zip(displs, lengths)]
-    return decide_slow(lists, [bool(b) for b in table[:, 0]], pending)
+    return decide_slow(lists, [bool(row[0]) for row in table], pending)

@@ -3,8 +3,9 @@
 import torch
 
 from bluefog.engine import kernels
+from bluefog.engine.engine import wait_request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
-                                check_tensor, live_context, require, signature, synchronize)
+                                check_tensor, live_context, require, signature, blocking)
 
 
 def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
@@ -38,12 +39,12 @@ def allreduce(tensor, average=True, is_hierarchical_local=False, name=None):
 
         mean = bf.allreduce(torch.tensor([float(bf.rank())]))   # (size-1)/2 everywhere
     """
-    return synchronize(allreduce_nonblocking(tensor, average, is_hierarchical_local, name))
+    return blocking(allreduce_nonblocking, tensor, average, is_hierarchical_local, name)
 
 
 def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
     """In-place :func:`allreduce`; returns ``tensor``."""
-    return synchronize(allreduce_nonblocking_(tensor, average, is_hierarchical_local, name))
+    return blocking(allreduce_nonblocking_, tensor, average, is_hierarchical_local, name)
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None, _output=None):
@@ -68,12 +69,12 @@ def broadcast_nonblocking(tensor, root_rank, name=None):
 
 def broadcast(tensor, root_rank, name=None):
     """``root_rank``'s ``tensor`` on every rank, as a new tensor."""
-    return synchronize(broadcast_nonblocking(tensor, root_rank, name))
+    return blocking(broadcast_nonblocking, tensor, root_rank, name)
 
 
 def broadcast_(tensor, root_rank, name=None):
     """In-place :func:`broadcast`; returns ``tensor``."""
-    return synchronize(broadcast_nonblocking_(tensor, root_rank, name))
+    return blocking(broadcast_nonblocking_, tensor, root_rank, name)
 
 
 def allgather_nonblocking(tensor, name=None):
@@ -91,7 +92,7 @@ def allgather_nonblocking(tensor, name=None):
 
 def allgather(tensor, name=None):
     """Blocking :func:`allgather_nonblocking`."""
-    return synchronize(allgather_nonblocking(tensor, name))
+    return blocking(allgather_nonblocking, tensor, name)
 
 
 def barrier():
@@ -99,11 +100,7 @@ def barrier():
     ctx = live_context()
     if ctx.engine.skip_negotiation:
         ctx.engine.drain()
-        request = ctx.caller_comm.Ibarrier()
-        from bluefog.engine.engine import Backoff
-        backoff = Backoff()
-        while not request.Test():
-            backoff.pause()
+        wait_request(ctx.caller_comm.Ibarrier())
         return
     job = Submission("barrier", "barrier")
-    synchronize(job.send(("barrier",), lambda launch: kernels.barrier(ctx.engine.data_comm)))
+    blocking(job.send, ("barrier",), lambda launch: kernels.barrier(ctx.engine.data_comm))

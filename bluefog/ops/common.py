@@ -94,6 +94,17 @@ def synchronize(handle):
 wait = synchronize
 
 
+def blocking(start: Callable, *args, **kwargs):
+    """``synchronize(start(*args, **kwargs))``, with this thread driving the engine from the start.
+
+    Example::
+
+        out = blocking(allreduce_nonblocking, tensor, average=True)
+    """
+    with live_context().engine.waiting():
+        return synchronize(start(*args, **kwargs))
+
+
 def require(condition: bool, message: str):
     """Raise the dual ValueError/AssertionError the original raised through ``assert``."""
     if not condition:

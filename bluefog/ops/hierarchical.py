@@ -4,7 +4,7 @@ from bluefog.engine import kernels
 from bluefog.ops import combine as mix
 from bluefog.ops.common import (FLOAT_DTYPES, Submission, check_float_weight, check_tensor,
                                 live_context, renamed_keywords, require, signature,
-                                synchronize)
+                                blocking)
 from bluefog.ops.neighbor import destination_weights, source_weights
 from bluefog.context import neighbors
 from bluefog.topology import GetRecvWeights
@@ -87,6 +87,7 @@ def hierarchical_neighbor_allreduce(tensor, *, self_weight=None, src_machine_wei
         bf.set_machine_topology(bf.ExponentialGraph(bf.machine_size()))
         y = bf.hierarchical_neighbor_allreduce(x)
     """
-    return synchronize(hierarchical_neighbor_allreduce_nonblocking(
+    return blocking(
+        hierarchical_neighbor_allreduce_nonblocking,
         tensor, self_weight=self_weight, src_machine_weights=src_machine_weights,
-        dst_machine_weights=dst_machine_weights, enable_topo_check=enable_topo_check, name=name))
+        dst_machine_weights=dst_machine_weights, enable_topo_check=enable_topo_check, name=name)

@@ -8,7 +8,7 @@ from bluefog.engine import kernels
 from bluefog.ops import combine as mix
 from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, check_float_weight,
                                 check_tensor, live_context, renamed_keywords, signature,
-                                synchronize)
+                                blocking)
 
 _RENAMED = renamed_keywords(neighbor_weights="src_weights", send_neighbors="dst_weights")
 
@@ -116,9 +116,10 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
         x = bf.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 0.5},
                                   dst_weights=[(r + 1) % n])            # one-peer ring
     """
-    return synchronize(neighbor_allreduce_nonblocking(
+    return blocking(
+        neighbor_allreduce_nonblocking,
         tensor, self_weight=self_weight, src_weights=src_weights, dst_weights=dst_weights,
-        enable_topo_check=enable_topo_check, name=name))
+        enable_topo_check=enable_topo_check, name=name)
 
 
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
@@ -154,9 +155,10 @@ def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_ch
 
         got = bf.neighbor_allgather(torch.tensor([bf.rank()]))   # equals bf.in_neighbor_ranks()
     """
-    return synchronize(neighbor_allgather_nonblocking(
+    return blocking(
+        neighbor_allgather_nonblocking,
         tensor, src_ranks=src_ranks, dst_ranks=dst_ranks, enable_topo_check=enable_topo_check,
-        name=name))
+        name=name)
 
 
 def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
@@ -180,4 +182,4 @@ def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=N
 
 def pair_gossip(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
     """Blocking :func:`pair_gossip_nonblocking`."""
-    return synchronize(pair_gossip_nonblocking(tensor, target_rank, self_weight, pair_weight, name))
+    return blocking(pair_gossip_nonblocking, tensor, target_rank, self_weight, pair_weight, name)

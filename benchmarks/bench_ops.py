@@ -1,0 +1,80 @@
+"""neighbor_allreduce and allreduce against the raw mpi4py floor, measured in the same run.
+
+Run::
+
+    bfrun -np 4 python benchmarks/bench_ops.py            # prints a markdown table on rank 0
+
+Floors: for neighbor_allreduce, ``Irecv``/``Isend`` with the exponential-2 neighbors plus the same
+uniform average in torch; for allreduce, ``MPI_Allreduce`` on the numpy view.  Each call is timed
+after a barrier; the time of an iteration is the slowest rank's; the table shows medians.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import bluefog.torch as bf
+from mpi4py import MPI
+
+SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20, "16M": 1 << 24}
+REPEATS = {"1K": 300, "64K": 150, "1M": 40, "16M": 10}
+
+
+def raw_neighbor_average(comm, x, ins, outs, slots):
+    requests = [comm.Irecv(slots[k].numpy(), source=r, tag=11) for k, r in enumerate(ins)]
+    requests += [comm.Isend(x.numpy(), dest=r, tag=11) for r in outs]
+    MPI.Request.Waitall(requests)
+    out = x.clone()
+    for k in range(len(ins)):
+        out += slots[k]
+    return out.div_(len(ins) + 1)
+
+
+def timed(comm, fn, repeats):
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    slowest = np.max(np.array(comm.allgather(times)), axis=0)
+    return statistics.median(slowest.tolist())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1K,64K,1M,16M")
+    parser.add_argument("--repeat-scale", type=float, default=1.0)
+    args = parser.parse_args()
+    bf.init()
+    comm = MPI.COMM_WORLD.Dup()
+    ins, outs = bf.in_neighbor_ranks(), bf.out_neighbor_ranks()
+    rows = []
+    for label in args.sizes.split(","):
+        n = SIZES[label]
+        repeats = max(3, int(REPEATS[label] * args.repeat_scale))
+        x = torch.rand(n)
+        slots = torch.empty((len(ins), n))
+        result = torch.empty(n)
+        floor_nar = timed(comm, lambda: raw_neighbor_average(comm, x, ins, outs, slots), repeats)
+        ours_nar = timed(comm, lambda: bf.neighbor_allreduce(x, name="bench.nar"), repeats)
+        floor_ar = timed(comm, lambda: comm.Allreduce(x.numpy(), result.numpy()), repeats)
+        ours_ar = timed(comm, lambda: bf.allreduce(x, average=False, name="bench.ar"), repeats)
+        rows.append((label, floor_nar, ours_nar, floor_ar, ours_ar))
+        if bf.rank() == 0:
+            print(f"measured {label} ({repeats} calls each)", flush=True)
+    if bf.rank() == 0:
+        print(f"\n{bf.size()} ranks, float32, exponential-2 graph, median ms per call (slowest rank)\n")
+        print("| size | raw Isend/Irecv+avg | neighbor_allreduce | ratio | raw MPI_Allreduce "
+              "| allreduce | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for label, fn, on, fa, oa in rows:
+            print(f"| {label} | {fn * 1e3:.3f} | {on * 1e3:.3f} | {on / fn:.2f}x | {fa * 1e3:.3f} "
+                  f"| {oa * 1e3:.3f} | {oa / fa:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
