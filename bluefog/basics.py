@@ -107,6 +107,12 @@ def set_topology(topology: Optional[nx.DiGraph] = None, is_weighted: bool = Fals
     if topology.number_of_nodes() != ctx.size:
         raise TypeError(f"topology must have the same number of nodes as bf.size() ({ctx.size}); "
                         f"got {topology.number_of_nodes()}.")
+    from bluefog.ops.collective import allgather
+    digests = allgather(torch.tensor([_digest(topology, is_weighted)], dtype=torch.int64),
+                        name="bluefog.set_topology")
+    if not bool((digests == digests[0]).all()):
+        raise ValueError("set_topology: ranks passed different topologies or is_weighted flags; "
+                         "every rank must set the same graph.")
     if IsTopologyEquivalent(topology, ctx.topology) and bool(is_weighted) == ctx.is_weighted:
         return True
     if ctx.windows:
@@ -114,12 +120,6 @@ def set_topology(topology: Optional[nx.DiGraph] = None, is_weighted: bool = Fals
             logger.error("Cannot set the topology while windows exist (%s); call bf.win_free() "
                          "first.", ", ".join(sorted(ctx.windows)))
         return False
-    from bluefog.ops.collective import allgather
-    digests = allgather(torch.tensor([_digest(topology, is_weighted)], dtype=torch.int64),
-                        name="bluefog.set_topology")
-    if not bool((digests == digests[0]).all()):
-        raise ValueError("set_topology: ranks passed different topologies or is_weighted flags; "
-                         "every rank must set the same graph.")
     ctx.topology = topology
     ctx.is_weighted = bool(is_weighted)
     if ctx.local_rank == 0:

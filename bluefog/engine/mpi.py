@@ -3,6 +3,8 @@
 Importing ``mpi4py.MPI`` initialises MPI, so it happens at the first ``bf.init()``, not at import.
 """
 
+import os
+
 import numpy as np
 import torch
 
@@ -18,6 +20,9 @@ def mpi():
     """The ``mpi4py.MPI`` module, initialising MPI on first use."""
     global _MPI
     if _MPI is None:
+        # Open MPI's osc/ucx component prints an error when no UCX device exists, although another
+        # component is then used; leave it out unless the user chose window components.
+        os.environ.setdefault("OMPI_MCA_osc", "^ucx")
         import mpi4py
         mpi4py.rc.thread_level = config.mpi_thread_level()
         from mpi4py import MPI

@@ -37,11 +37,11 @@ def _machine_plan(ctx, self_weight, src_machine_weights, dst_machine_weights):
             combine = mix.uniform(divisor_scale=ctx.local_size)
     else:
         check_float_weight(self_weight, "self_weight")
-        src = source_weights(src_machine_weights, machines, me)
+        src = source_weights(src_machine_weights, machines, me, "src_machine_weights")
         if not set(src) <= set(in_machines):
             raise ValueError("The key of src_machine_weights should only contain the machine ranks "
                              f"that belong to in-neighbor machines {in_machines}.")
-        sends = destination_weights(dst_machine_weights, machines, me)
+        sends = destination_weights(dst_machine_weights, machines, me, "dst_machine_weights")
         if not {m for m, _ in sends} <= set(out_machines):
             raise ValueError("The key of dst_machine_weights should only contain the machine ranks "
                              f"that belong to out-neighbor machines {out_machines}.")

@@ -25,26 +25,28 @@ def rank_list(ranks, argument: str, size: int, me: int) -> List[int]:
     return values
 
 
-def destination_weights(dst_weights, size: int, me: int) -> List[Tuple[int, Optional[float]]]:
+def destination_weights(dst_weights, size: int, me: int, argument: str = "dst_weights"
+                        ) -> List[Tuple[int, Optional[float]]]:
     """``dst_weights`` (list of ranks or {rank: weight}) as ascending (rank, weight or None)."""
     if isinstance(dst_weights, dict):
-        ranks = rank_list(list(dst_weights), "dst_weights", size, me)
+        ranks = rank_list(list(dst_weights), argument, size, me)
         weights = [float(dst_weights[k]) for k in dst_weights]
     elif isinstance(dst_weights, (list, tuple, np.ndarray)):
-        ranks = rank_list(dst_weights, "dst_weights", size, me)
+        ranks = rank_list(dst_weights, argument, size, me)
         weights = [1.0] * len(ranks)
     else:
-        raise ValueError("Argument dst_weights must be a list of ranks or a dict {rank: weight}, "
+        raise ValueError(f"Argument {argument} must be a list of ranks or a dict {{rank: weight}}, "
                          f"got {type(dst_weights).__name__}.")
     scale = not np.allclose(weights, 1.0) if weights else False
     return sorted((r, w if scale else None) for r, w in zip(ranks, weights))
 
 
-def source_weights(src_weights, size: int, me: int) -> Dict[int, float]:
+def source_weights(src_weights, size: int, me: int, argument: str = "src_weights"
+                   ) -> Dict[int, float]:
     if not isinstance(src_weights, dict):
-        raise ValueError(f"Argument src_weights must be a dict {{rank: weight}}, "
+        raise ValueError(f"Argument {argument} must be a dict {{rank: weight}}, "
                          f"got {type(src_weights).__name__}.")
-    ranks = rank_list(list(src_weights), "src_weights", size, me)
+    ranks = rank_list(list(src_weights), argument, size, me)
     return {r: float(w) for r, w in zip(ranks, src_weights.values())}
 
 
