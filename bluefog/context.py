@@ -31,7 +31,7 @@ class Context:
         self.size = self.world.Get_size()
         self.rank = self.world.Get_rank()
         self.settings = config.read()
-        self.engine = Engine(self.world, self.settings.cycle_time_ms)
+        self.engine = Engine(self.world, self.settings.cycle_time_ms, self.settings.fusion_threshold)
         self.caller_comm = self.world.Dup()   # collectives issued on the caller's thread
         self.local_comm = None
         self.nodes_per_machine: object = "unset"

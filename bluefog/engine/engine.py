@@ -32,6 +32,7 @@ from bluefog.engine.handle import Handle
 from bluefog.engine.mpi import mpi
 from bluefog.engine.request import Launch, Request
 from bluefog.errors import SHUT_DOWN, ShutdownError
+from bluefog.timeline import tracer as _timeline   # hooks below: one `is not None` test when off
 
 logger = logging.getLogger("bluefog")
 
@@ -75,10 +76,12 @@ def wait_request(request) -> None:
 
 
 class _Running:
-    __slots__ = ("request", "kernel", "waiting")
+    """A kernel in flight: the requests it serves (several when fused) and what it waits for."""
 
-    def __init__(self, request, kernel):
-        self.request = request
+    __slots__ = ("requests", "kernel", "waiting")
+
+    def __init__(self, requests, kernel):
+        self.requests = requests
         self.kernel = kernel
         self.waiting: list = []
 
@@ -93,7 +96,7 @@ class Engine:
         output = engine.wait(handle)
     """
 
-    def __init__(self, world, cycle_time_ms: float = 0.5):
+    def __init__(self, world, cycle_time_ms: float = 0.5, fusion_threshold: int = 8 << 20):
         MPI = mpi()
         self.data_comm = world.Dup()
         self.ctrl_comm = world.Dup()
@@ -103,7 +106,10 @@ class Engine:
         self._tag_span = max(1024, min(int(tag_ub), 1 << 30) - 64)
         self._layout = negotiation.Layout(self.size)
         self._cycle = cycle_time_ms / 1000.0
+        self._fusion_threshold = fusion_threshold
+        self.stats = {"kernels": 0, "fused_requests": 0}   # for tests and benchmarks
         self.skip_negotiation = False
+        self.suspended = False        # bf.suspend(): the background thread sleeps
 
         self._drive = threading.Lock()
         self._state = threading.Condition()
@@ -129,6 +135,9 @@ class Engine:
             if request.name in self._names:
                 raise ValueError(_DUPLICATE_NAME.format(request.name))
             self._names.add(request.name)
+            tl = _timeline.TIMELINE
+            if tl is not None:
+                tl.enqueued(request)        # timeline: ENQUEUE_<activity> opens
             self._submitted.append(request)
             if not self._waiters:
                 self._state.notify()   # otherwise a waiting caller drives
@@ -186,7 +195,7 @@ class Engine:
             moved = True
         if self.skip_negotiation:
             if self._pending and not self._running and self._round is None:
-                self._launch(self._pending.pop(0), None)
+                self._launch([self._pending.pop(0)], None, negotiated=False)
                 moved = True
         else:
             moved |= self._advance_round()
@@ -200,7 +209,7 @@ class Engine:
                 return False
             blocked = self._waiters > 0
             kernel = negotiation.negotiate(self.ctrl_comm, self._layout, list(self._pending), blocked)
-            self._round = _Running(None, kernel)
+            self._round = _Running([], kernel)
         entry = self._round
         if entry.waiting and not mpi().Request.Testall(entry.waiting):
             return False
@@ -216,9 +225,19 @@ class Engine:
         for req, error in decision.errors:
             self._pending.remove(req)
             self._finish(req, error=error)
-        for req, dim0s in decision.ready:
+        group, group_bytes, group_dim0s = [], 0, None
+        for req, dim0s, fuses in decision.ready:
             self._pending.remove(req)
-            self._launch(req, dim0s)
+            if group and fuses and group_bytes + req.nbytes <= self._fusion_threshold:
+                group.append(req)
+                group_bytes += req.nbytes
+                continue
+            if group:
+                self._launch(group, group_dim0s, negotiated=True)
+            group, group_bytes = [req], req.nbytes
+            group_dim0s = dim0s
+        if group:
+            self._launch(group, group_dim0s, negotiated=True)
         if decision.empty():
             self._unproductive += 1
             self._next_round = time.monotonic() + max(self._cycle, min(0.05, 1e-4 * self._unproductive))
@@ -229,20 +248,29 @@ class Engine:
         else:
             self._unproductive = 0
 
-    def _launch(self, req: Request, dim0s):
-        if dim0s is None:
-            launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
-        else:
+    def _launch(self, group: List[Request], dim0s, negotiated: bool):
+        """Start one kernel for ``group`` (one request, or several fused ones)."""
+        req = group[0]
+        self.stats["kernels"] += 1
+        if len(group) > 1:
+            self.stats["fused_requests"] += len(group)
+        if negotiated:
             launch = Launch(seq=self._seq, tag=64 + self._seq % self._tag_span, dim0s=dim0s)
+        else:
+            launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
         self._seq += 1
         try:
-            kernel = req.start(launch)
+            kernel = req.start(launch) if len(group) == 1 else req.fuse(group, launch)
         except Exception as error:  # bad input caught late: report through the handle
-            self._finish(req, error=error)
+            for member in group:
+                self._finish(member, error=error)
             return
-        if dim0s is None and req.sends is not None:
+        if not negotiated and req.sends is not None:
             kernel = self._checked(req, kernel)
-        entry = _Running(req, kernel)
+        tl = _timeline.TIMELINE
+        if tl is not None:
+            kernel = tl.processing(group, kernel)   # timeline: the MPI_<activity> spans
+        entry = _Running(group, kernel)
         self._running.append(entry)
         self._step(entry)
 
@@ -268,15 +296,21 @@ class Engine:
             entry.waiting = entry.kernel.send(None)
         except StopIteration as stop:
             self._running.remove(entry)
-            self._finish(entry.request, output=stop.value)
+            outputs = stop.value if len(entry.requests) > 1 else [stop.value]
+            for req, output in zip(entry.requests, outputs):
+                self._finish(req, output=output)
         except Exception as error:
             self._running.remove(entry)
-            self._finish(entry.request, error=error)
+            for req in entry.requests:
+                self._finish(req, error=error)
         return True
 
     def _finish(self, req: Request, output=None, error: Optional[BaseException] = None):
         with self._state:
             self._names.discard(req.name)
+        tl = _timeline.TIMELINE
+        if tl is not None:
+            tl.finished(req)                # timeline: ENQUEUE_<activity> closes
         if error is not None:
             req.handle.set_error(error)
         else:
@@ -287,7 +321,7 @@ class Engine:
         backoff = Backoff(longest=1e-3)
         while True:
             with self._state:
-                while not self._closed and (self.idle() or self._waiters):
+                while not self._closed and (self.idle() or self._waiters or self.suspended):
                     self._state.wait(0.002 if self._waiters else None)
                 if self._closed:
                     return
@@ -304,6 +338,12 @@ class Engine:
                     continue
             backoff.pause()
 
+    def suspend(self, value: bool):
+        """``bf.suspend()`` / ``bf.resume()``: park or wake the background thread."""
+        with self._state:
+            self.suspended = bool(value)
+            self._state.notify_all()
+
     def close(self):
         """Stop the thread, fail every unfinished op with :class:`ShutdownError`, free communicators."""
         with self._state:
@@ -313,7 +353,8 @@ class Engine:
             self._state.notify_all()
         self._thread.join(timeout=5)
         with self._drive:
-            leftovers = list(self._submitted) + self._pending + [e.request for e in self._running]
+            leftovers = (list(self._submitted) + self._pending
+                         + [req for entry in self._running for req in entry.requests])
             self._submitted.clear()
             self._pending.clear()
             self._running.clear()

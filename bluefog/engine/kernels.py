@@ -148,3 +148,40 @@ def barrier(comm):
     """Wait until every rank of ``comm`` reached this op."""
     yield [comm.Ibarrier()]
     return None
+
+
+def _flat(tensors, dtype: torch.dtype) -> torch.Tensor:
+    """One contiguous buffer holding every tensor, in ``dtype`` (a single copy in)."""
+    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+
+
+def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], divisor: int):
+    """:func:`allreduce` of many (tensor, output) pairs of one dtype as a single message."""
+    MPI = mpi()
+    work = _flat([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
+    yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
+    if divisor > 1:
+        work.div_(divisor)
+    outputs, start = [], 0
+    for tensor, output in parts:
+        output.copy_(work[start:start + tensor.numel()].view(tensor.shape))
+        start += tensor.numel()
+        outputs.append(output)
+    return outputs
+
+
+def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor, Callable]],
+                             sends: Sends, recvs: Sequence[int]):
+    """:func:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
+    neighbor; each tensor is then combined with its own ``combine`` on views of what arrived."""
+    flat = _flat([t for t, _ in parts], parts[0][0].dtype)
+    slots = yield from exchange(comm, tag, flat, sends, recvs)
+    outputs, start = [], 0
+    for tensor, combine in parts:
+        size = tensor.numel()
+        received = slots[:, start:start + size].unflatten(1, tuple(tensor.shape) or (1,))
+        if tensor.dim() == 0:
+            received = received.reshape(len(recvs))
+        outputs.append(combine(tensor, received))
+        start += size
+    return outputs

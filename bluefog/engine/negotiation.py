@@ -24,7 +24,7 @@ import numpy as np
 from bluefog.engine.mpi import mpi
 from bluefog.engine.request import Request
 
-MAX_HEADS = 16
+MAX_HEADS = 64
 MAX_SLOW_SUMMARIES = 512
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
@@ -33,7 +33,8 @@ TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match
 class Decision:
     """What a round decided, identical on every rank (request objects are this rank's own)."""
 
-    ready: List[Tuple[Request, Optional[Tuple[int, ...]]]] = dataclasses.field(default_factory=list)
+    # (request, every rank's first dim, may fuse with the previous ready request)
+    ready: List[Tuple[Request, Tuple[int, ...], bool]] = dataclasses.field(default_factory=list)
     errors: List[Tuple[Request, Exception]] = dataclasses.field(default_factory=list)
     stuck: Optional[str] = None   # set when every rank is blocked and nothing can run
 
@@ -72,8 +73,8 @@ class Layout:
     def __init__(self, size: int):
         self.size = size
         self.words = (size + 63) // 64
-        self.heads = 2
-        self.topo = self.heads + 2 * MAX_HEADS
+        self.heads = 2               # then (digest, dim0, fuses-with-previous) per head
+        self.topo = self.heads + 3 * MAX_HEADS
         self.length = self.topo + 1 + 2 * self.words
         self.mine = np.zeros(self.length, dtype=np.uint64)
         self.table = np.zeros((size, self.length), dtype=np.uint64)
@@ -82,11 +83,15 @@ class Layout:
         """Fill and return this rank's record: its first heads, their first dims, topology bits."""
         rec = [0] * self.length
         count = 0
+        previous = None
         for req in pending[:MAX_HEADS]:
             if req.sends is not None and count > 0:
                 break   # a checked op is negotiated alone, at the head
-            rec[self.heads + 2 * count] = req.digest()
-            rec[self.heads + 2 * count + 1] = req.dim0
+            slot = self.heads + 3 * count
+            rec[slot] = req.digest()
+            rec[slot + 1] = req.dim0
+            rec[slot + 2] = int(req.fusion_key is not None and req.fusion_key == previous)
+            previous = req.fusion_key
             count += 1
             if req.sends is not None:
                 base = self.topo + 1
@@ -105,7 +110,7 @@ class Layout:
         count = min(row[1] for row in table)
         common = 0
         while common < count:
-            slot = self.heads + 2 * common
+            slot = self.heads + 3 * common
             if any(row[slot] != first[slot] for row in table):
                 break
             common += 1
@@ -113,8 +118,9 @@ class Layout:
             return None
         decision = Decision()
         for k in range(common):
-            slot = self.heads + 2 * k + 1
-            decision.ready.append((pending[k], tuple(row[slot] for row in table)))
+            slot = self.heads + 3 * k
+            decision.ready.append((pending[k], tuple(row[slot + 1] for row in table),
+                                   k > 0 and all(row[slot + 2] for row in table)))
         if first[self.topo]:
             base = self.topo + 1
             sends = [_bitmap_ranks(row[base:base + self.words], self.size) for row in table]
@@ -157,7 +163,7 @@ def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
             if problem:
                 decision.errors.append((req, ValueError(problem)))
                 continue
-        decision.ready.append((req, tuple(row[2] for row in rows)))
+        decision.ready.append((req, tuple(row[2] for row in rows), False))
     if decision.empty() and all(blocked):
         waits = "; ".join(f"rank {r}: {[s[0] for s in lst[:4]]}" for r, lst in enumerate(lists))
         decision.stuck = ("Mismatched collective calls across ranks: every rank is waiting and no op "
@@ -170,7 +176,11 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
     MPI = mpi()
     if layout.size == 1:
-        return Decision(ready=[(req, (req.dim0,)) for req in pending])
+        previous, ready = None, []
+        for req in pending:
+            ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
+            previous = req.fusion_key
+        return Decision(ready=ready)
     yield [comm.Iallgather(layout.record(pending, blocked), layout.table)]
     table = layout.table.tolist()
     decision = layout.decide_fast(table, pending)

@@ -26,7 +26,7 @@ class Request:
     ``signature`` holds what must agree across ranks (op kind, dtype, shape without its first dim,
     root rank, flags); ``dim0`` is the first dim, which may differ for the allgather family.
     ``sends`` / ``recvs`` are set for dynamic neighbor ops whose topology is to be checked.
-    ``start(launch)`` returns the kernel generator.
+    ``start(launch)`` returns the kernel generator (its return value is the op's output).
     """
 
     name: str
@@ -36,8 +36,13 @@ class Request:
     dim0: int = 0
     sends: Optional[FrozenSet[int]] = None
     recvs: Optional[FrozenSet[int]] = None
-    collective: bool = True       # False: only the ranks involved call it (pair_gossip)
     activity: str = "OP"
+    # Fusion: requests whose ``fusion_key`` is equal on every rank for consecutive ops may run as
+    # one kernel ``fuse(parts, launch)``; ``nbytes`` counts toward BLUEFOG_FUSION_THRESHOLD.
+    fusion_key: Optional[Tuple] = None
+    fusion_part: Any = None
+    fuse: Optional[Callable[[list, Launch], Kernel]] = None
+    nbytes: int = 0
 
     def digest(self) -> int:
         """A 63-bit hash of name + signature, identical on every rank for matching calls."""

@@ -22,7 +22,11 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
     divisor = comm.Get_size() if average else 1
     sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
     return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor),
-                    activity="ALLREDUCE")
+                    activity="ALLREDUCE",
+                    fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
+                    fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
+                    fuse=lambda group, launch: kernels.fused_allreduce(
+                        comm, [r.fusion_part for r in group], divisor))
 
 
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
@@ -103,4 +107,5 @@ def barrier():
         wait_request(ctx.caller_comm.Ibarrier())
         return
     job = Submission("barrier", "barrier")
-    blocking(job.send, ("barrier",), lambda launch: kernels.barrier(ctx.engine.data_comm))
+    blocking(job.send, ("barrier",), lambda launch: kernels.barrier(ctx.engine.data_comm),
+             activity="BARRIER")

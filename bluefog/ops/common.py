@@ -33,6 +33,9 @@ def check_tensor(tensor, allowed, op: str) -> torch.Tensor:
         raise TypeError(f"{op}: argument 'tensor' must be a torch.Tensor, got {type(tensor).__name__}.")
     if not tensor.is_contiguous():
         raise ValueError("Tensor is required to be contiguous.")
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{op}: argument 'tensor' is on {tensor.device}; this build communicates CPU "
+                         "tensors only, so move it with tensor.cpu() first.")
     if tensor.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise ValueError(f"Tensor type {tensor.type()} is not supported. {op} takes {names}.")
@@ -68,9 +71,10 @@ class Submission:
         self.handle.name = f"{prefix}.{name}"
 
     def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
-             recvs=None, activity: str = "OP") -> Handle:
+             recvs=None, activity: str = "OP", **fusion) -> Handle:
+        """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse`` and ``nbytes``."""
         request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
-                          dim0=dim0, sends=sends, recvs=recvs, activity=activity)
+                          dim0=dim0, sends=sends, recvs=recvs, activity=activity, **fusion)
         return self.ctx.engine.submit(request)
 
 

@@ -98,10 +98,15 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     job = Submission("neighbor.allreduce", name)
     comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allreduce", tensor, "flat", checked)
+    fusion = {} if checked else dict(
+        fusion_key=("neighbor_allreduce", tensor.dtype, tuple(sends), tuple(recvs)),
+        fusion_part=(tensor, combine), nbytes=tensor.numel() * tensor.element_size(),
+        fuse=lambda group, launch: kernels.fused_neighbor_allreduce(
+            comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
     return job.send(
         sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine),
         sends=frozenset(r for r, _ in sends) if checked else None,
-        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE")
+        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE", **fusion)
 
 
 @_RENAMED

@@ -333,3 +333,34 @@ def case_dynamic_one_peer_consensus_reaches_average():
         x = bf.neighbor_allreduce(x, self_weight=w, src_weights={k: w for k in recv},
                                   dst_weights=send, enable_topo_check=False)
     assert abs(x.item() - (n - 1) / 2) < 1e-12, x
+
+
+def _fusion_inputs(r):
+    torch.manual_seed(100 + r)
+    shapes = [(), (1,), (7,), (3, 5), (2, 2, 2), (64,)]
+    return [torch.randn(shapes[k % len(shapes)]).to(FLOATS[k % 3 if k % 5 else 1])
+            for k in range(120)]
+
+
+def case_fusion_changes_no_result():
+    from bluefog import context
+    r, n = bf.rank(), bf.size()
+    engine = context.current().engine
+    inputs = _fusion_inputs(r)
+    before = engine.stats["fused_requests"]
+    ar = [bf.allreduce_nonblocking(t, name=f"far{k}") for k, t in enumerate(inputs)]
+    nar = [bf.neighbor_allreduce_nonblocking(t, name=f"fnar{k}") for k, t in enumerate(inputs)]
+    dyn = [bf.neighbor_allreduce_nonblocking(t, self_weight=0.25, src_weights={(r - 1) % n: 0.75},
+                                             dst_weights={(r + 1) % n: 2.0}, name=f"fdyn{k}")
+           for k, t in enumerate(inputs)] if n > 1 else []
+    fused = [bf.synchronize(h) for h in ar + nar + dyn]
+    assert engine.stats["fused_requests"] > before, "nothing was fused"
+    alone = [bf.allreduce(t, name=f"far{k}") for k, t in enumerate(inputs)]
+    alone += [bf.neighbor_allreduce(t, name=f"fnar{k}") for k, t in enumerate(inputs)]
+    if n > 1:
+        alone += [bf.neighbor_allreduce(t, self_weight=0.25, src_weights={(r - 1) % n: 0.75},
+                                        dst_weights={(r + 1) % n: 2.0}, name=f"fdyn{k}")
+                  for k, t in enumerate(inputs)]
+    for k, (a, b) in enumerate(zip(fused, alone)):
+        assert a.dtype == b.dtype and a.shape == b.shape, k
+        assert torch.equal(a, b), (k, a, b)
