@@ -1,7 +1,6 @@
 """Handles: the Future-like objects that nonblocking ops return."""
 
 import itertools
-import threading
 from typing import Any, Optional
 
 _ids = itertools.count(1)
@@ -20,13 +19,13 @@ class Handle:
         y = bf.synchronize(h)
     """
 
-    __slots__ = ("id", "name", "output", "_event", "_error", "cleared")
+    __slots__ = ("id", "name", "output", "_done", "_error", "cleared")
 
     def __init__(self, name: str, output: Any = None):
         self.id = next(_ids)
         self.name = name
         self.output = output
-        self._event = threading.Event()
+        self._done = False      # set once by the engine; waiters poll it while driving
         self._error: Optional[BaseException] = None
         self.cleared = False
 
@@ -41,19 +40,16 @@ class Handle:
         return f"<bluefog Handle {self.id} {self.name!r} {state}>"
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def set_result(self, output: Any) -> None:
         if output is not None:
             self.output = output
-        self._event.set()
+        self._done = True
 
     def set_error(self, error: BaseException) -> None:
         self._error = error
-        self._event.set()
-
-    def wait_event(self, timeout: Optional[float]) -> bool:
-        return self._event.wait(timeout)
+        self._done = True
 
     def result(self) -> Any:
         """The output, or the op's error raised here.  Call only when :meth:`done`."""
