@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import os
 from typing import Callable, List, Optional
 
 import networkx as nx
@@ -11,22 +12,44 @@ import torch
 from bluefog import config, context
 from bluefog.context import neighbors
 from bluefog.errors import ArgumentAssertionError
+from bluefog.timeline import tracer as timeline
 from bluefog.topology import ExponentialGraph, IsTopologyEquivalent, weight_matrix
 
 logger = logging.getLogger("bluefog")
 
 
-def _configure_logging(rank: int):
-    level = {"trace": logging.DEBUG, "fatal": logging.CRITICAL}.get(
-        config.log_level(), getattr(logging, config.log_level().upper(), logging.WARNING))
-    logger.setLevel(level)
-    if not any(getattr(h, "_bluefog", False) for h in logger.handlers):
+class _RankFilter(logging.Filter):
+    """Stamps ``record.rank`` on every bluefog log record (the launcher's rank before ``init``)."""
+
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))
+
+    def filter(self, record):
+        record.rank = self.rank
+        return True
+
+
+def _configure_logging(rank=None, level: Optional[str] = None, hide_time: bool = False):
+    """Send ``logging.getLogger("bluefog")`` to stderr as ``<time> <LEVEL> [rank N] <message>``.
+
+    Runs at import (tolerant: a bad ``BLUEFOG_LOG_LEVEL`` means warning there) and again in every
+    ``init()`` with the values that ``config.read()`` validated and the MPI rank.
+    """
+    handler = next((h for h in logger.handlers if getattr(h, "_bluefog", False)), None)
+    if handler is None:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)-15s %(levelname)s [rank {rank}] %(message)s"))
         handler._bluefog = True
+        handler.addFilter(_RankFilter())
         logger.addHandler(handler)
         logger.propagate = False
+    if rank is not None:
+        _RankFilter.rank = str(rank)
+    stamp = "" if hide_time else "%(asctime)-15s "
+    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s [rank %(rank)s] %(message)s"))
+    logger.setLevel(config.LOG_LEVELS.get(level or "warning", logging.WARNING))
+
+
+_configure_logging(level=config.log_level(strict=False), hide_time=config.log_hide_time(strict=False))
+_unknown_checked = False
 
 
 def init(topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted: bool = False):
@@ -42,14 +65,28 @@ def init(topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted:
         print(bf.rank(), bf.size())
     """
     ctx = context.create()
-    _configure_logging(ctx.rank)
+    settings = config.read()
+    _configure_logging(ctx.rank, settings.log_level, settings.log_hide_time)
+    global _unknown_checked
+    if not _unknown_checked and ctx.rank == 0:
+        for name in config.unknown_names():
+            logger.warning("Ignoring unknown environment variable %s (see docs/environment.md).",
+                           name)
+    _unknown_checked = True
+    if settings.timeline and not timeline.running():
+        timeline.start(f"{settings.timeline}{ctx.rank}.json")
     topology = topology_fn(ctx.size) if topology_fn is not None else ExponentialGraph(ctx.size)
     set_topology(topology, is_weighted)
 
 
 def shutdown():
-    """Stop the runtime; pending ops fail with ``ShutdownError``.  ``init()`` may start it again."""
+    """Stop the runtime; pending ops fail with ``ShutdownError``.  ``init()`` may start it again.
+
+    Also closes the timeline file (writing its closing ``]``); a later ``init()`` continues it.
+    """
     context.destroy()
+    timeline.stop()
+    timeline.set_paused(False)
 
 
 def size() -> int:
@@ -211,13 +248,30 @@ def nccl_built() -> bool:
 
 
 def suspend():
-    """Pause the engine (for notebooks); every op raises ``ValueError`` until :func:`resume`."""
-    context.current().suspended = True
+    """Pause bluefog between notebook cells (``ibfrun``), so idle engines use no CPU.
+
+    Until :func:`resume`, every op (collective, neighbor, window, mutex, version) raises
+    ``ValueError`` and the user timeline calls return False; the engine's background thread
+    sleeps.  Ops already in flight stay pending (``synchronize`` on one still drives it).
+
+    Example::
+
+        bf.suspend()
+        ...            # think, edit, plot
+        bf.resume()
+    """
+    ctx = context.current()
+    ctx.suspended = True
+    ctx.engine.suspend(True)
+    timeline.set_paused(True)
 
 
 def resume():
     """Undo :func:`suspend`."""
-    context.current().suspended = False
+    ctx = context.current()
+    ctx.suspended = False
+    ctx.engine.suspend(False)
+    timeline.set_paused(False)
 
 
 def set_skip_negotiate_stage(value: bool):

@@ -1,42 +1,18 @@
-"""The timeline tracer's Python API.
+"""Timeline: a Chrome-trace file per rank of what every op, window op and optimizer phase did.
 
-The Chrome-trace writer is not part of this build yet: with the timeline off (as it always is here)
-the first call logs one error and every call returns False, as Bluefog 0.3.0 does when
-``BLUEFOG_TIMELINE`` is unset.
+Switched on by ``BLUEFOG_TIMELINE=<prefix>`` (or ``bfrun --timeline-filename <prefix>``) at
+``bf.init()``; each rank writes ``<prefix><rank>.json``.  See ``docs/timeline.md``.
+
+Example::
+
+    with bf.timeline_context("epoch", "EVALUATE"):
+        evaluate(model)
 """
 
-import contextlib
-import logging
+from bluefog.timeline.tracer import (begin, end, load, running, span, start, stop,
+                                     timeline_context, timeline_end_activity,
+                                     timeline_start_activity)
+from bluefog.timeline.writer import TimelineWriter
 
-logger = logging.getLogger("bluefog")
-_warned = False
-
-
-def _off() -> bool:
-    global _warned
-    if not _warned:
-        _warned = True
-        logger.error("Cannot start activity in the timeline. Most common reason is you didn't turn on "
-                     "the timeline function. Use bfrun --timeline-filename file_name ... or set "
-                     "BLUEFOG_TIMELINE=file_name")
-    return False
-
-
-def timeline_start_activity(tensor_name: str, activity_name: str) -> bool:
-    """Open a span named ``activity_name`` on the row ``tensor_name``."""
-    return _off()
-
-
-def timeline_end_activity(tensor_name: str) -> bool:
-    """Close the innermost open span on the row ``tensor_name``."""
-    return _off()
-
-
-@contextlib.contextmanager
-def timeline_context(tensor_name: str, activity_name: str):
-    """``with bf.timeline_context("x", "COMPUTE"): ...`` records the block as one span."""
-    timeline_start_activity(tensor_name, activity_name)
-    try:
-        yield
-    finally:
-        timeline_end_activity(tensor_name)
+__all__ = ["timeline_start_activity", "timeline_end_activity", "timeline_context", "begin", "end",
+           "span", "start", "stop", "running", "load", "TimelineWriter"]
