@@ -204,3 +204,18 @@ def test_each_rank_leaves_one_valid_json_file(size):
                 opened[(e["pid"], e["tid"])] -= 1
                 assert opened[(e["pid"], e["tid"])] >= 0, e
         assert not any(opened.values()), opened
+
+
+def test_traced_job_spans(fresh_tracer, tmp_path):
+    job = lambda: 42  # noqa: E731
+    assert fresh_tracer.traced(job, "w", "WIN_PUT") is job          # off: the job itself
+    path = str(tmp_path / "tl0.json")
+    fresh_tracer.start(path)
+    wrapped = fresh_tracer.traced(job, "w", "WIN_PUT")               # ENQUEUE opens here
+    runner = threading.Thread(target=lambda: wrapped())              # runs on a worker thread
+    runner.start()
+    runner.join()
+    fresh_tracer.stop()
+    spans = [(e["ph"], e["tid"], e.get("name")) for e in json.load(open(path)) if e["ph"] in "BE"]
+    assert spans == [("B", 1, "ENQUEUE_WIN_PUT"), ("B", 2, "MPI_WIN_PUT"), ("E", 2, None),
+                     ("E", 1, None)]

@@ -11,8 +11,8 @@ Example::
 
 from bluefog.timeline.tracer import (begin, end, load, running, span, start, stop,
                                      timeline_context, timeline_end_activity,
-                                     timeline_start_activity)
+                                     timeline_start_activity, traced)
 from bluefog.timeline.writer import TimelineWriter
 
 __all__ = ["timeline_start_activity", "timeline_end_activity", "timeline_context", "begin", "end",
-           "span", "start", "stop", "running", "load", "TimelineWriter"]
+           "span", "traced", "start", "stop", "running", "load", "TimelineWriter"]

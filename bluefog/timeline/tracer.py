@@ -132,6 +132,31 @@ def span(name: str, activity: str):
     return _Span(tl, name, activity)
 
 
+def traced(job, name: str, activity: str):
+    """``job`` (a no-argument callable), recorded as ``ENQUEUE_<activity>`` from now until it
+    returns (on this thread's row) and ``MPI_<activity>`` while it runs (on the row of the thread
+    that runs it).  Returns ``job`` itself when the timeline is off.
+
+    Example (window ops)::
+
+        job = tracer.traced(job, name, "WIN_PUT")
+        worker.submit(job, handle)
+    """
+    tl = TIMELINE
+    if tl is None:
+        return job
+    token = tl.begin(name, "ENQUEUE_" + activity)
+
+    def run():
+        try:
+            with _Span(tl, name, "MPI_" + activity):
+                return job()
+        finally:
+            tl.end(name, token)
+
+    return run
+
+
 # ---------------------------------------------------------------------- the Bluefog 0.3.0 API
 def _refuse() -> bool:
     global _warned
