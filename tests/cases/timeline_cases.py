@@ -72,6 +72,26 @@ def case_timeline_records_ops_and_user_spans():
     assert len(worker_tids) == 2, worker_tids
 
 
+def case_timeline_records_window_ops():
+    if not hasattr(bf, "win_accumulate"):       # window ops not in this build yet
+        return
+    assert tracer.running()
+    x = torch.full((3,), float(bf.rank()))
+    assert bf.win_create(x, name="win.x")
+    try:
+        for _ in range(10):                     # as Bluefog 0.3.0's timeline test does
+            bf.win_accumulate(x, name="win.x", require_mutex=True)
+        bf.win_wait(bf.win_put_nonblocking(x, name="win.x"))
+        bf.win_get(name="win.x")
+        bf.barrier()
+    finally:
+        bf.win_free("win.x")
+    events = load(_my_file())
+    begins = {e["name"] for e in events if e["ph"] == "B" and "WIN" in e["name"]}
+    for op in ("WIN_ACCUMULATE", "WIN_PUT", "WIN_GET", "WIN_CREATE"):
+        assert {f"ENQUEUE_{op}", f"MPI_{op}"} <= begins, (op, begins)
+
+
 def case_suspend_refuses_ops_and_parks_the_engine():
     x = torch.ones(2)
     late = None
