@@ -36,6 +36,7 @@ class Context:
         self.local_comm = None
         self.nodes_per_machine: object = "unset"
         self.topology: Optional[nx.DiGraph] = None
+        self._neighbor_cache = None
         self.is_weighted = False
         self.machine_topology: Optional[nx.DiGraph] = None
         self.is_machine_weighted = False
@@ -83,11 +84,20 @@ class Context:
             raise AssertionError("Only supports homogeneous environment now")
 
     # ------------------------------------------------------------------ topology
+    def _neighbor_lists(self):
+        """(in, out) neighbors of this rank, recomputed only when the topology object changes."""
+        cached = self._neighbor_cache
+        if cached is None or cached[0] is not self.topology:
+            cached = (self.topology, neighbors(self.topology, self.rank, incoming=True),
+                      neighbors(self.topology, self.rank, incoming=False))
+            self._neighbor_cache = cached
+        return cached[1], cached[2]
+
     def in_neighbors(self) -> List[int]:
-        return neighbors(self.topology, self.rank, incoming=True)
+        return list(self._neighbor_lists()[0])
 
     def out_neighbors(self) -> List[int]:
-        return neighbors(self.topology, self.rank, incoming=False)
+        return list(self._neighbor_lists()[1])
 
     def recv_weights(self):
         return GetRecvWeights(self.topology, self.rank)

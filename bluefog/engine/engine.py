@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -41,7 +41,7 @@ _DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_
                    "is currently being processed: '{}'. Wait for it (bf.synchronize) or use another name.")
 _STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
 _SKIP_TAG = 7
-_CALLER_SPINS = 5000
+_CALLER_SPINS = 200
 
 
 class Backoff:
@@ -56,15 +56,12 @@ class Backoff:
         self._spins = 0
         self._pause = 2e-5
 
-    def pause(self, wait: Optional[Callable[[float], object]] = None):
+    def pause(self):
         if self._spins < self.spins:
             self._spins += 1
             os.sched_yield()
             return
-        if wait is None:
-            time.sleep(self._pause)
-        else:
-            wait(self._pause)
+        time.sleep(self._pause)
         self._pause = min(self._pause * 2, self.longest)
 
 
@@ -160,7 +157,7 @@ class Engine:
         """Drive the engine until ``handle`` is done; return its output or raise its error."""
         if not handle.done():
             with self.waiting():
-                self._drive_until(handle.done, handle.wait_event)
+                self._drive_until(handle.done)
         return handle.result()
 
     def idle(self) -> bool:
@@ -168,9 +165,9 @@ class Engine:
 
     def drain(self):
         """Wait until every submitted op has finished (used before changing global state)."""
-        self._drive_until(self.idle, None)
+        self._drive_until(self.idle)
 
-    def _drive_until(self, finished, wait):
+    def _drive_until(self, finished):
         # The caller has nothing else to do: yield-spin a while before sleeping, as MPI does.
         backoff = Backoff(spins=_CALLER_SPINS)
         while not finished():
@@ -184,7 +181,7 @@ class Engine:
                 if moved:
                     backoff.reset()
                     continue
-            backoff.pause(wait)
+            backoff.pause()
 
     # ----------------------------------------------------------------- the progress pass
     def progress(self) -> bool:

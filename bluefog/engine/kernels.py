@@ -23,9 +23,12 @@ def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
     return (tensor.to(work) * weight).to(tensor.dtype)
 
 
-def allreduce(comm, tensor: torch.Tensor, output: torch.Tensor, divisor: int):
-    """Sum over ``comm`` into ``output`` (which may be ``tensor``), then divide by ``divisor``."""
+def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], divisor: int):
+    """Sum over ``comm`` into ``output`` (``tensor`` for in place, None for a new tensor), then
+    divide by ``divisor``."""
     MPI = mpi()
+    if output is None:
+        output = torch.empty_like(tensor)
     work_dtype = compute_dtype(tensor.dtype)
     if work_dtype != tensor.dtype:
         work = tensor.to(work_dtype)
@@ -155,33 +158,45 @@ def _flat(tensors, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
 
 
-def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, torch.Tensor]], divisor: int):
-    """:func:`allreduce` of many (tensor, output) pairs of one dtype as a single message."""
+def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
+                    divisor: int):
+    """:func:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
+    new results are views of one fused allocation."""
     MPI = mpi()
     work = _flat([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
     yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
     if divisor > 1:
         work.div_(divisor)
-    outputs, start = [], 0
-    for tensor, output in parts:
-        output.copy_(work[start:start + tensor.numel()].view(tensor.shape))
-        start += tensor.numel()
-        outputs.append(output)
-    return outputs
+    results = _split(work.to(parts[0][0].dtype), [t for t, _ in parts])
+    for (_, output), result in zip(parts, results):
+        if output is not None:      # in place: the caller's tensor receives the result
+            output.copy_(result)
+    return [result if output is None else output for (_, output), result in zip(parts, results)]
 
 
 def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor, Callable]],
                              sends: Sends, recvs: Sequence[int]):
     """:func:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
-    neighbor; each tensor is then combined with its own ``combine`` on views of what arrived."""
+    neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
+    outputs are views of one allocation; otherwise each part is combined on views of what arrived."""
     flat = _flat([t for t, _ in parts], parts[0][0].dtype)
     slots = yield from exchange(comm, tag, flat, sends, recvs)
+    combine = parts[0][1]
+    if all(c == combine for _, c in parts):
+        return _split(combine(flat, slots), [t for t, _ in parts])
     outputs, start = [], 0
     for tensor, combine in parts:
         size = tensor.numel()
-        received = slots[:, start:start + size].unflatten(1, tuple(tensor.shape) or (1,))
-        if tensor.dim() == 0:
-            received = received.reshape(len(recvs))
+        received = slots[:, start:start + size].reshape((len(recvs),) + tuple(tensor.shape))
         outputs.append(combine(tensor, received))
         start += size
+    return outputs
+
+
+def _split(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list:
+    """Views of ``flat`` shaped like each tensor of ``like``, in order."""
+    outputs, start = [], 0
+    for tensor in like:
+        outputs.append(flat[start:start + tensor.numel()].view(tensor.shape))
+        start += tensor.numel()
     return outputs

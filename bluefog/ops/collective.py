@@ -9,14 +9,14 @@ from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Sub
 
 
 def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
-                           _output=None):
+                           _inplace=True):
     """In place: sum (or average) ``tensor`` over all ranks, or over the machine with
     ``is_hierarchical_local=True``.  Returns a handle; ``synchronize`` gives back ``tensor``."""
     check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
     if average:
         require(tensor.dtype in FLOAT_DTYPES,
                 "If average is set in allreduce, only float or double tensor is allowed.")
-    output = tensor if _output is None else _output
+    output = tensor if _inplace else None     # None: the kernel allocates the result
     job = Submission("allreduce", name, output)
     comm = job.ctx.local_comm if is_hierarchical_local else job.ctx.engine.data_comm
     divisor = comm.Get_size() if average else 1
@@ -32,8 +32,7 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
     """Out of place :func:`allreduce_nonblocking_`: the input is left unchanged."""
     check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
-    return allreduce_nonblocking_(tensor, average, is_hierarchical_local, name,
-                                  _output=torch.empty_like(tensor))
+    return allreduce_nonblocking_(tensor, average, is_hierarchical_local, name, _inplace=False)
 
 
 def allreduce(tensor, average=True, is_hierarchical_local=False, name=None):

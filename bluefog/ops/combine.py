@@ -5,47 +5,65 @@ everything and divide once; weighted sums add ``w_j * x_j`` in ascending source 
 self term.
 """
 
-from typing import Callable, Optional, Sequence
+import dataclasses
+from typing import Optional, Tuple
 
 import torch
 
 from bluefog.engine.mpi import compute_dtype
 
-Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """``(x + sum of the chosen slots) / ((count + 1) * divisor_scale)`` (all slots when None).
 
-def uniform(slots: Optional[Sequence[int]] = None, divisor_scale: int = 1) -> Combine:
-    """``(x + sum of the chosen slots) / ((count + 1) * divisor_scale)`` (all slots by default)."""
+    Combines compare equal when they compute the same formula, so a fused kernel can apply one
+    combine to the whole fused buffer.
+    """
 
-    def combine(x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-        chosen = range(received.shape[0]) if slots is None else slots
+    slots: Optional[Tuple[int, ...]] = None
+    divisor_scale: int = 1
+
+    def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        chosen = range(received.shape[0]) if self.slots is None else self.slots
         acc = x.to(compute_dtype(x.dtype), copy=True)
         for k in chosen:
             acc += received[k]
-        acc /= (len(chosen) + 1) * divisor_scale
+        acc /= (len(chosen) + 1) * self.divisor_scale
         return acc.to(x.dtype)
 
-    return combine
 
-
-def weighted(self_weight: float, slot_weights: Sequence[float], divisor: int = 1) -> Combine:
+@dataclasses.dataclass(frozen=True)
+class Weighted:
     """``(sum_k w_k * slot_k + self_weight * x) / divisor``; slots of weight 0 are left out."""
 
-    def combine(x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    self_weight: float
+    slot_weights: Tuple[float, ...]
+    divisor: int = 1
+
+    def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         work = compute_dtype(x.dtype)
         acc = torch.zeros(x.shape, dtype=work)
-        for k, w in enumerate(slot_weights):
+        for k, w in enumerate(self.slot_weights):
             if w != 0:
                 acc.add_(received[k].to(work), alpha=w)
-        acc.add_(x.to(work), alpha=self_weight)
-        if divisor != 1:
-            acc /= divisor
+        acc.add_(x.to(work), alpha=self.self_weight)
+        if self.divisor != 1:
+            acc /= self.divisor
         return acc.to(x.dtype)
 
-    return combine
+
+def uniform(slots=None, divisor_scale: int = 1) -> Uniform:
+    """A :class:`Uniform` combine."""
+    return Uniform(None if slots is None else tuple(slots), divisor_scale)
 
 
-def is_uniform(self_weight: float, weights: Sequence[float]) -> bool:
+def weighted(self_weight: float, slot_weights, divisor: int = 1) -> Weighted:
+    """A :class:`Weighted` combine."""
+    return Weighted(float(self_weight), tuple(float(w) for w in slot_weights), divisor)
+
+
+def is_uniform(self_weight: float, weights) -> bool:
     """True when every weight equals ``1/(len(weights)+1)`` (up to rounding)."""
     target = 1.0 / (len(weights) + 1)
     return all(abs(w - target) <= 1e-8 + 1e-5 * target for w in [self_weight, *weights])

@@ -1,0 +1,139 @@
+"""Optimizer step time on a model of 100+ parameter tensors: AWC (neighbor_allreduce), gradient
+allreduce, torch DDP over gloo, the same step without communication, and the raw floor of one
+neighbor exchange of all parameters as a single buffer — all measured in the same run.
+
+Run::
+
+    bfrun -np 4 python benchmarks/bench_step.py
+
+Data is synthetic (``torch.randn``).  A step is forward, backward and ``optimizer.step()``; the
+time of a step is the slowest rank's; medians over ``--steps`` steps after ``--warmup``.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import bluefog.torch as bf
+from mpi4py import MPI
+
+
+def make_model(layers: int, width: int) -> nn.Module:
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(layers):
+        blocks += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*blocks, nn.Linear(width, 10))
+
+
+def timed_steps(comm, step, steps, warmup):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        comm.Barrier()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(np.max(np.array(comm.allgather(times)), axis=0).tolist())
+
+
+def training_step(model, optimizer, data, target):
+    def step():
+        loss = nn.functional.cross_entropy(model(data), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def raw_exchange(comm, model, ins, outs):
+    """Floor: one Isend/Irecv of every parameter as one flat buffer, plus the uniform average."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    slots = torch.empty((len(ins), flat.numel()))
+
+    def step():
+        requests = [comm.Irecv(slots[k].numpy(), source=r, tag=3) for k, r in enumerate(ins)]
+        requests += [comm.Isend(flat.numpy(), dest=r, tag=3) for r in outs]
+        MPI.Request.Waitall(requests)
+        out = flat.clone()
+        for k in range(len(ins)):
+            out += slots[k]
+        out.div_(len(ins) + 1)
+    return step
+
+
+def init_gloo(comm):
+    port = comm.bcast(29500 + (os.getpid() % 2000) if comm.rank == 0 else None, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=comm.rank,
+                            world_size=comm.size)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=60, help="hidden Linear layers")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--skip-ddp", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bf.init()
+    comm = MPI.COMM_WORLD.Dup()
+    torch.manual_seed(bf.rank())
+    data, target = torch.randn(args.batch, args.width), torch.randint(0, 10, (args.batch,))
+    results = {}
+
+    def measure(label, build):
+        model = make_model(args.layers, args.width)
+        step = build(model)
+        results[label] = timed_steps(comm, step, args.steps, args.warmup)
+        if bf.rank() == 0:
+            print(f"measured {label}: {results[label] * 1e3:.2f} ms", flush=True)
+        return model
+
+    def sgd(model):
+        return torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    model = measure("local step (no communication)",
+                    lambda m: training_step(m, sgd(m), data, target))
+    tensors = len(list(model.parameters()))
+    elements = sum(p.numel() for p in model.parameters())
+    results["raw single-buffer neighbor exchange"] = timed_steps(
+        comm, raw_exchange(comm, model, bf.in_neighbor_ranks(), bf.out_neighbor_ranks()),
+        args.steps, args.warmup)
+    measure("AWC (neighbor_allreduce)", lambda m: training_step(
+        m, bf.DistributedAdaptWithCombineOptimizer(sgd(m), model=m), data, target))
+    measure("gradient allreduce", lambda m: training_step(
+        m, bf.DistributedGradientAllreduceOptimizer(sgd(m), model=m), data, target))
+    if not args.skip_ddp:
+        init_gloo(comm)
+        measure("torch DDP (gloo)", lambda m: training_step(
+            nn.parallel.DistributedDataParallel(m), sgd(m), data, target))
+        dist.destroy_process_group()
+    if bf.rank() == 0:
+        local = results["local step (no communication)"]
+        floor = results["raw single-buffer neighbor exchange"]
+        awc = results["AWC (neighbor_allreduce)"]
+        print(f"\n{bf.size()} ranks, {tensors} parameter tensors, {elements} float32 elements, "
+              f"batch {args.batch} per rank; median ms per step (slowest rank)\n")
+        print("| step | ms | vs AWC |")
+        print("|---|---|---|")
+        for label, value in results.items():
+            print(f"| {label} | {value * 1e3:.2f} | {value / awc:.2f}x |")
+        print(f"\nAWC communication overhead (AWC - local) = {(awc - local) * 1e3:.2f} ms; "
+              f"raw single-buffer floor = {floor * 1e3:.2f} ms; overhead / floor = "
+              f"{(awc - local) / floor:.2f}x")
+        if "torch DDP (gloo)" in results:
+            print(f"DDP / AWC = {results['torch DDP (gloo)'] / awc:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
