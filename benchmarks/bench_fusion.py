@@ -10,13 +10,11 @@ Run::
 """
 
 import argparse
-import statistics
-import time
 
-import numpy as np
 import torch
 
 import bluefog.torch as bf
+from common import timed
 from bluefog import context
 from mpi4py import MPI
 
@@ -25,16 +23,6 @@ def step(op, tensors):
     handles = [op(t, name=f"fusion.{k}") for k, t in enumerate(tensors)]
     for h in handles:
         bf.synchronize(h)
-
-
-def timed(comm, fn, repeats):
-    times = []
-    for _ in range(repeats):
-        comm.Barrier()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(np.max(np.array(comm.allgather(times)), axis=0).tolist())
 
 
 def main():

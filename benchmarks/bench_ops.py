@@ -10,13 +10,11 @@ after a barrier; the time of an iteration is the slowest rank's; the table shows
 """
 
 import argparse
-import statistics
-import time
 
-import numpy as np
 import torch
 
 import bluefog.torch as bf
+from common import timed
 from mpi4py import MPI
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20, "16M": 1 << 24}
@@ -31,17 +29,6 @@ def raw_neighbor_average(comm, x, ins, outs, slots):
     for k in range(len(ins)):
         out += slots[k]
     return out.div_(len(ins) + 1)
-
-
-def timed(comm, fn, repeats):
-    times = []
-    for _ in range(repeats):
-        comm.Barrier()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    slowest = np.max(np.array(comm.allgather(times)), axis=0)
-    return statistics.median(slowest.tolist())
 
 
 def main():

@@ -12,15 +12,13 @@ time of a step is the slowest rank's; medians over ``--steps`` steps after ``--w
 
 import argparse
 import os
-import statistics
-import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 import bluefog.torch as bf
+from common import timed
 from mpi4py import MPI
 
 
@@ -30,18 +28,6 @@ def make_model(layers: int, width: int) -> nn.Module:
     for _ in range(layers):
         blocks += [nn.Linear(width, width), nn.Tanh()]
     return nn.Sequential(*blocks, nn.Linear(width, 10))
-
-
-def timed_steps(comm, step, steps, warmup):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        comm.Barrier()
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(np.max(np.array(comm.allgather(times)), axis=0).tolist())
 
 
 def training_step(model, optimizer, data, target):
@@ -94,7 +80,7 @@ def main():
     def measure(label, build):
         model = make_model(args.layers, args.width)
         step = build(model)
-        results[label] = timed_steps(comm, step, args.steps, args.warmup)
+        results[label] = timed(comm, step, args.steps, args.warmup)
         if bf.rank() == 0:
             print(f"measured {label}: {results[label] * 1e3:.2f} ms", flush=True)
         return model
@@ -106,7 +92,7 @@ def main():
                     lambda m: training_step(m, sgd(m), data, target))
     tensors = len(list(model.parameters()))
     elements = sum(p.numel() for p in model.parameters())
-    results["raw single-buffer neighbor exchange"] = timed_steps(
+    results["raw single-buffer neighbor exchange"] = timed(
         comm, raw_exchange(comm, model, bf.in_neighbor_ranks(), bf.out_neighbor_ranks()),
         args.steps, args.warmup)
     measure("AWC (neighbor_allreduce)", lambda m: training_step(

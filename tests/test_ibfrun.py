@@ -86,6 +86,9 @@ def test_start_allreduce_stop_leaves_nothing(tmp_path, monkeypatch):
         assert view.pull("rank", block=True) == [0, 1]
         assert view.pull("total", block=True) == [3.0, 3.0]
         assert len(_cluster_processes(marker)) >= 4   # supervisor, controller, launcher, engines
+        again = subprocess.run(cli + ["start", "-np", "2"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert again.returncode == 1 and "already running" in again.stderr, again.stderr
         stuck = client[1].execute("import time\ntime.sleep(60)", block=False)
         time.sleep(0.5)
         assert interactive_run.interrupt_hanged_processes("bluefog", timeout=1.0) == [1]

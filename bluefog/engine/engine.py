@@ -173,15 +173,19 @@ class Engine:
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
-            if self._drive.acquire(blocking=False):
-                try:
-                    moved = self.progress()
-                finally:
-                    self._drive.release()
-                if moved:
-                    backoff.reset()
-                    continue
-            backoff.pause()
+            if self._drive_once(timeout=0):
+                backoff.reset()
+            else:
+                backoff.pause()
+
+    def _drive_once(self, timeout: float) -> bool:
+        """One progress pass if the drive lock comes free within ``timeout``; True if it moved."""
+        if not self._drive.acquire(timeout=timeout):
+            return False
+        try:
+            return self.progress()
+        finally:
+            self._drive.release()
 
     # ----------------------------------------------------------------- the progress pass
     def progress(self) -> bool:
@@ -322,18 +326,15 @@ class Engine:
                     self._state.wait(0.002 if self._waiters else None)
                 if self._closed:
                     return
-            if self._drive.acquire(timeout=0.002):
-                try:
-                    moved = self.progress()
-                except BaseException:  # never die silently: fail what is pending
-                    logger.exception("bluefog engine failure")
-                    moved = False
-                finally:
-                    self._drive.release()
-                if moved:
-                    backoff.reset()
-                    continue
-            backoff.pause()
+            try:
+                moved = self._drive_once(timeout=0.002)
+            except BaseException:  # never die silently
+                logger.exception("bluefog engine failure")
+                moved = False
+            if moved:
+                backoff.reset()
+            else:
+                backoff.pause()
 
     def suspend(self, value: bool):
         """``bf.suspend()`` / ``bf.resume()``: park or wake the background thread."""

@@ -107,6 +107,10 @@ def _alive(pid: Optional[int], mark: str) -> bool:
     return bool(pid) and mark in _cmdline(pid)
 
 
+def _supervisor_alive(pid: Optional[int]) -> bool:
+    return pid != os.getpid() and (_alive(pid, "interactive_run") or _alive(pid, "ibfrun"))
+
+
 def _terminate(pid: Optional[int], mark: str, first=signal.SIGTERM, grace: float = 10.0):
     """Send ``first``, wait up to ``grace`` seconds, then SIGKILL; only if ``pid`` is still ours."""
     if not _alive(pid, mark):
@@ -245,6 +249,11 @@ def start(args) -> int:
         return 2
     directory = profile_dir(args.profile)
     stale = _read_state(directory)
+    if _supervisor_alive(stale.get("supervisor")):
+        print(f"ibfrun: a cluster of profile {args.profile!r} is already running (pid "
+              f"{stale['supervisor']}); run 'ibfrun stop --ipython-profile {args.profile}' first",
+              file=sys.stderr)
+        return 1
     if stale:
         _stop_processes(stale)           # a cluster left over from an ibfrun that was killed
     security = os.path.join(directory, "security")
@@ -331,11 +340,10 @@ def stop(args) -> int:
         print(f"ibfrun: no cluster is running for profile {args.profile!r}", file=sys.stderr)
         return 0
     supervisor = state.get("supervisor")
-    if _alive(supervisor, "interactive_run") or _alive(supervisor, "ibfrun"):
+    if _supervisor_alive(supervisor):
         os.kill(supervisor, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (_alive(supervisor, "interactive_run")
-                                               or _alive(supervisor, "ibfrun")):
+        while time.monotonic() < deadline and _supervisor_alive(supervisor):
             time.sleep(0.1)
     _stop_processes(state)               # whatever the supervisor did not (or could not) stop
     try:

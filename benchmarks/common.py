@@ -1,0 +1,24 @@
+"""Timing helpers shared by the benchmark scripts (run under ``bfrun``)."""
+
+import statistics
+import time
+
+import numpy as np
+
+
+def slowest_median(comm, times) -> float:
+    """Median over iterations of the slowest rank's time for that iteration."""
+    return statistics.median(np.max(np.array(comm.allgather(list(times))), axis=0).tolist())
+
+
+def timed(comm, fn, repeats: int, warmup: int = 0) -> float:
+    """Run ``fn`` ``warmup`` times, then time it ``repeats`` times, each after a barrier."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return slowest_median(comm, times)
