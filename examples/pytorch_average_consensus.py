@@ -5,12 +5,19 @@ Run::
 
     bfrun -np 4 python examples/pytorch_average_consensus.py
     bfrun -np 4 python examples/pytorch_average_consensus.py --virtual-topology ring --dynamic-topology
+    bfrun -np 4 python examples/pytorch_average_consensus.py --asynchronous-mode --slow-ranks 1,3
+
+``--asynchronous-mode`` runs push-sum with one-sided window ops: no rank ever waits for another
+while it iterates, so ranks may run at different speeds (``--slow-ranks`` makes some of them sleep
+every iteration), and the estimate ``x / p`` still reaches the exact average because push-sum moves
+value and weight together and loses neither.
 
 The data is generated (``torch.randn`` with a per-rank seed); nothing is downloaded.
 """
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -38,6 +45,11 @@ def parse_args(argv=None):
     parser.add_argument("--virtual-topology", default="expo2", choices=sorted(TOPOLOGIES))
     parser.add_argument("--dynamic-topology", action="store_true",
                         help="one-peer dynamic schedule over the chosen topology")
+    parser.add_argument("--asynchronous-mode", action="store_true",
+                        help="push-sum with window ops (win_accumulate / win_update_then_collect)")
+    parser.add_argument("--slow-ranks", default="",
+                        help="comma-separated ranks that sleep --slow-sleep seconds per iteration")
+    parser.add_argument("--slow-sleep", type=float, default=0.002)
     parser.add_argument("--print-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=2020)
     return parser.parse_args(argv)
@@ -73,6 +85,49 @@ def synchronous_consensus(args, x, mean):
     return x, error
 
 
+def asynchronous_consensus(args, x, mean):
+    """Push-sum: each rank keeps 1/(outdeg+1) of its value and weight p and adds the same share into
+    each out-neighbour's buffer (a mutex-guarded one-sided accumulate); it then collects whatever
+    arrived.  The estimate is x / p.  A rank that has done --max-iters iterations goes on until
+    every rank has (a nonblocking allreduce tells it), so slow ranks are never left alone."""
+    if args.dynamic_topology:
+        raise SystemExit("--asynchronous-mode uses the static --virtual-topology")
+    bf.set_topology(TOPOLOGIES[args.virtual_topology](bf.size()))
+    slow = {int(r) for r in args.slow_ranks.split(",") if r.strip()}
+    outs = bf.out_neighbor_ranks()
+    share = 1.0 / (len(outs) + 1)
+    total_before = bf.allreduce(x, average=False, name="mass before")
+    bf.turn_on_win_ops_with_associated_p()
+    bf.win_create(x, name="x", zero_init=True)
+    everyone_done, iterations = None, 0
+    while everyone_done is None or not bf.poll(everyone_done):
+        bf.win_accumulate(x, name="x", self_weight=share, dst_weights={o: share for o in outs},
+                          require_mutex=True)
+        x = bf.win_update_then_collect(name="x")
+        iterations += 1
+        if bf.rank() in slow:
+            time.sleep(args.slow_sleep)
+        if iterations == args.max_iters:
+            everyone_done = bf.allreduce_nonblocking(torch.ones(1), name="done")
+    bf.synchronize(everyone_done)
+    bf.barrier()                                  # every accumulate has landed ...
+    x = bf.win_update_then_collect(name="x")      # ... and is collected
+    p = bf.win_associated_p(name="x")
+    estimate = x / p
+    mass = bf.allreduce(x, average=False, name="mass after")
+    weight = bf.allreduce(torch.tensor([p], dtype=torch.float64), average=False, name="p after")
+    bf.win_free("x")
+    bf.turn_off_win_ops_with_associated_p()
+    counts = bf.allgather(torch.tensor([iterations]), name="iterations").tolist()
+    error = relative_error(estimate, mean)
+    if bf.rank() == 0:
+        drift = ((mass - total_before).norm() / total_before.norm()).item()
+        print(f"iterations per rank {counts}; relative change of the total value {drift:.1e}, "
+              f"total weight {weight.item():.12f} (started at {bf.size()})", flush=True)
+        print(f"push-sum estimate: relative error {error:.3e}", flush=True)
+    return estimate, error
+
+
 def main(argv=None):
     args = parse_args(argv)
     bf.init()
@@ -80,10 +135,12 @@ def main(argv=None):
     x = torch.randn(args.data_size, dtype=torch.float64)
     mean = bf.allreduce(x, name="mean")
     if bf.rank() == 0:
-        mode = "dynamic one-peer" if args.dynamic_topology else "static"
+        mode = ("asynchronous push-sum on the" if args.asynchronous_mode else
+                "dynamic one-peer" if args.dynamic_topology else "static")
         print(f"{bf.size()} ranks, {args.data_size} elements each, {mode} {args.virtual_topology} "
               "topology", flush=True)
-    x, error = synchronous_consensus(args, x, mean)
+    consensus = asynchronous_consensus if args.asynchronous_mode else synchronous_consensus
+    x, error = consensus(args, x, mean)
     if bf.rank() == 0:
         verdict = "reached" if error < args.tolerance else "did NOT reach"
         print(f"final relative error {error:.3e}: {verdict} {args.tolerance:g}", flush=True)

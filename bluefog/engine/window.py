@@ -1,0 +1,310 @@
+"""The MPI side of window ops: window memory, one-sided transfers, the mutex, and their worker.
+
+Every bluefog window is one ``MPI.Win.Allocate`` region per rank (never ``Win.Create`` over user
+memory: only MPI-allocated memory gets passive progress on every MPI we support, see DESIGN §1).
+Each rank opens a single ``Lock_all(MODE_NOCHECK)`` epoch at creation and keeps it until the window
+is freed; every transfer is completed with ``Flush``, so a put, get or accumulate finishes while the
+target rank computes or sleeps without calling MPI.
+
+Layout of one rank's region (byte offsets, each part aligned to 64 bytes)::
+
+    [ mutex int64[size] | version int64[size] | p float64[size] ]  meta: same offsets everywhere
+    [ self: numel elements ]                                        the owner's mirror (win_get)
+    [ slot 0 ] [ slot 1 ] ...                                       one per in-neighbour, ascending
+
+Entry ``j`` of the mutex, version and p arrays belongs to the buffer written by rank ``j`` (entry
+``rank`` of p is the owner's own push-sum weight).  A writer finds its slot on a target from the
+topology: the slot index is its position among the target's in-neighbours.
+
+The mutex is a test-and-set spin lock on ``Fetch_and_op(REPLACE)`` (not ``Compare_and_swap``, which
+crashes Open MPI 4.1 targets), polled with :class:`Backoff`, so it behaves like ``threading.Lock``.
+
+Example::
+
+    win = Window(comm, (3,), torch.float32, in_ranks=[1, 2], remote_slots={1: 0, 3: 1},
+                 chunk=1 << 20)
+    win.write(1, np.ones(3, np.float32), accumulate=False, p_value=None, bump_version=True)
+    win.free()
+"""
+
+import collections
+import itertools
+import threading
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from bluefog.engine.engine import Backoff
+from bluefog.engine.mpi import datatype, mpi
+
+WINDOW_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
+_ALIGN = 64
+_ONE = np.ones(1, dtype=np.int64)
+_ZERO = np.zeros(1, dtype=np.int64)
+
+
+def _aligned(nbytes: int) -> int:
+    return (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class Window:
+    """One rank's part of a window: MPI memory exposed as torch tensors without copies."""
+
+    def __init__(self, comm, shape: Tuple[int, ...], dtype: torch.dtype, in_ranks: Sequence[int],
+                 remote_slots: Dict[int, int], chunk: int):
+        MPI = mpi()
+        self.MPI = MPI
+        self.rank = comm.Get_rank()
+        self.size = size = comm.Get_size()
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.numel = int(np.prod(self.shape, dtype=np.int64))
+        self.in_ranks = list(in_ranks)
+        self.chunk = max(1, int(chunk))
+        self.np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        self.itemsize = self.np_dtype.itemsize
+        self.nbytes = self.numel * self.itemsize
+        self.mpi_type = datatype(np.empty(0, dtype=self.np_dtype))
+        self.meta = _aligned(24 * size)
+        self.stride = _aligned(max(self.nbytes, 1))
+        # where this rank writes on each target: its slot, its version entry, its p entry
+        self.slot_disp = {t: self.meta + self.stride * (1 + k) for t, k in remote_slots.items()}
+        self.slot_spec = {t: (d, self.numel, self.mpi_type) for t, d in self.slot_disp.items()}
+        self.self_spec = (self.meta, self.numel, self.mpi_type)
+        self.version_spec = (8 * size + 8 * self.rank, 1, MPI.INT64_T)
+        self.p_spec = (16 * size + 8 * self.rank, 1, MPI.DOUBLE)
+        nbytes = self.meta + self.stride * (1 + len(self.in_ranks))
+        self.win = MPI.Win.Allocate(nbytes, 1, comm=comm)
+        raw = np.frombuffer(self.win.tomemory(), dtype=np.uint8)
+        self.mutex = raw[0:8 * size].view(np.int64)
+        self.version = raw[8 * size:16 * size].view(np.int64)   # puts received from j, ever
+        self.p = raw[16 * size:24 * size].view(np.float64)
+        self.self_np = self._region(raw, 0)
+        self.self_tensor = torch.from_numpy(self.self_np).view(self.shape)
+        self.slot_np = {j: self._region(raw, 1 + k) for k, j in enumerate(self.in_ranks)}
+        self.slots = {j: torch.from_numpy(a).view(self.shape) for j, a in self.slot_np.items()}
+        # Versions: each writer Puts its running count of puts into its entry on the target (a
+        # Put is cheaper than an atomic add); the owner remembers what it had seen at its last
+        # update, and counts its own gets locally.
+        self._sent = [0] * size
+        self._sent_cells = [np.zeros(1, dtype=np.int64) for _ in range(size)]
+        self._seen = np.zeros(size, dtype=np.int64)
+        self._gets = [0] * size
+        self._lock = threading.Lock()
+        self._views: Dict[int, np.ndarray] = {}
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self.open = True
+
+    def _region(self, raw: np.ndarray, index: int) -> np.ndarray:
+        start = self.meta + index * self.stride
+        return raw[start:start + self.nbytes].view(self.np_dtype)
+
+    def view_of(self, tensor: torch.Tensor) -> np.ndarray:
+        """A numpy array over a contiguous CPU tensor of this window's dtype and size.
+
+        Cached by address (an address names the same bytes whichever tensor owns them now), which
+        saves the cost of ``Tensor.numpy()`` on every put of the same tensor.
+        """
+        ptr = tensor.data_ptr()
+        found = self._views.get(ptr)
+        if found is None:
+            if len(self._views) >= 16:
+                self._views.clear()
+            memory = self.MPI.memory.fromaddress(ptr, self.nbytes) if self.nbytes else b""
+            found = self._views[ptr] = np.frombuffer(memory, dtype=self.np_dtype)
+        return found
+
+    # ------------------------------------------------------------------ one-sided transfers
+    def write(self, target: int, data: np.ndarray, accumulate: bool, p_value: Optional[float],
+              bump_version: bool):
+        """Put (or add) ``data`` into my slot on ``target``, with its p entry and version; complete.
+
+        When this returns the data is in the target's memory (``Flush``), whatever the target does.
+        """
+        MPI, win, kind = self.MPI, self.win, self.mpi_type
+        if self.numel <= self.chunk:
+            if accumulate:
+                win.Accumulate([data, kind], target, self.slot_spec[target], MPI.SUM)
+            else:
+                win.Put([data, kind], target, self.slot_spec[target])
+        else:
+            disp, step = self.slot_disp[target], self.chunk
+            data = data.reshape(-1)
+            for start in range(0, self.numel, step):
+                count = min(step, self.numel - start)
+                spec = (disp + start * self.itemsize, count, kind)
+                piece = [data[start:start + count], kind]
+                if accumulate:
+                    win.Accumulate(piece, target, spec, MPI.SUM)
+                else:
+                    win.Put(piece, target, spec)
+        if p_value is not None:
+            value = [np.array([p_value], dtype=np.float64), MPI.DOUBLE]
+            win.Accumulate(value, target, self.p_spec, MPI.SUM if accumulate else MPI.REPLACE)
+        if bump_version:
+            with self._lock:
+                count = self._sent[target] = self._sent[target] + 1
+                cell = self._sent_cells[target]
+                cell[0] = count
+                win.Put([cell, MPI.INT64_T], target, self.version_spec)
+        win.Flush(target)
+
+    def read(self, source: int):
+        """Copy ``source``'s self memory into my slot for it and count a version; complete."""
+        win, kind, step = self.win, self.mpi_type, self.chunk
+        into = self.slot_np[source]
+        if self.numel <= step:
+            win.Get([into, kind], source, self.self_spec)
+        else:
+            for start in range(0, self.numel, step):
+                count = min(step, self.numel - start)
+                win.Get([into[start:start + count], kind], source,
+                        (self.meta + start * self.itemsize, count, kind))
+        win.Flush(source)
+        with self._lock:
+            self._gets[source] += 1
+
+    def versions(self) -> Dict[int, int]:
+        """``{in-neighbour: puts from it + gets from it since the last clear_versions}``."""
+        self.win.Sync()
+        with self._lock:
+            return {j: int(self.version[j] - self._seen[j] + self._gets[j]) for j in self.in_ranks}
+
+    def clear_versions(self):
+        """Start counting versions afresh (every in-neighbour back to 0)."""
+        self.win.Sync()
+        with self._lock:
+            self._seen[:] = self.version
+            self._gets = [0] * self.size
+
+    def sync(self):
+        """Make remote writes to this rank's memory visible to local loads (``Win_sync``)."""
+        self.win.Sync()
+
+    # ------------------------------------------------------------------ mutex
+    def try_acquire(self, target: int, index: int) -> bool:
+        """One test-and-set of ``mutex[index]`` on ``target``."""
+        INT64 = self.MPI.INT64_T
+        old = np.empty(1, dtype=np.int64)
+        self.win.Fetch_and_op([_ONE, INT64], [old, INT64], target, 8 * index, self.MPI.REPLACE)
+        self.win.Flush(target)
+        return int(old[0]) == 0
+
+    def acquire(self, target: int, index: int):
+        """Spin (politely) until ``mutex[index]`` on ``target`` is ours."""
+        backoff = Backoff(longest=1e-3)
+        while not self.try_acquire(target, index):
+            backoff.pause()
+
+    def release(self, target: int, index: int):
+        INT64 = self.MPI.INT64_T
+        self.win.Accumulate([_ZERO, INT64], target, (8 * index, 1, INT64), self.MPI.REPLACE)
+        self.win.Flush(target)
+
+    # ------------------------------------------------------------------ teardown
+    def free(self):
+        """Collective: end the epoch and free the memory.  Views of it must be gone by now."""
+        if not self.open:
+            return
+        self.open = False
+        self.slots.clear()
+        self.slot_np.clear()
+        self._views.clear()
+        self.self_tensor = self.self_np = self.mutex = self.version = self.p = None
+        self.win.Unlock_all()
+        self.win.Free()
+
+
+class WindowHandle:
+    """The pending result of a nonblocking window op (Future-like), for ``bf.win_wait`` /
+    ``bf.win_poll``.  Numbered by its own counter, apart from the collective ops' handles, as in
+    Bluefog; ``int(handle)`` is that number."""
+
+    __slots__ = ("id", "name", "output", "cleared", "_error", "_event")
+    _numbers = itertools.count(1)
+
+    def __init__(self, name: str):
+        self.id = next(WindowHandle._numbers)
+        self.name = name
+        self.output = None
+        self.cleared = False
+        self._error: Optional[BaseException] = None
+        self._event = threading.Event()
+
+    def __int__(self):
+        return self.id
+
+    __index__ = __int__
+
+    def __repr__(self):
+        state = "done" if self.done() else "pending"
+        return f"<bluefog WindowHandle {self.id} {self.name!r} {state}>"
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, output) -> None:
+        self.output = output
+        self._event.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def wait(self):
+        """Block until done; return the output or raise the op's error."""
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self.output
+
+
+class Worker:
+    """Runs nonblocking window ops one after another on a daemon thread, in submission order.
+
+    Window ops are never negotiated, so they do not go through the engine queue (where they would
+    wait behind negotiation rounds).  A blocking op runs on the caller's thread when the worker is
+    idle, and queues behind the worker's jobs otherwise, so ops complete in the order issued.
+    """
+
+    def __init__(self):
+        self._jobs: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._active = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def idle(self) -> bool:
+        return self._active == 0
+
+    def submit(self, job: Callable[[], object], handle: WindowHandle) -> WindowHandle:
+        with self._cond:
+            self._jobs.append((job, handle))
+            self._active += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="bluefog-window",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return handle
+
+    def drain(self):
+        """Wait until every submitted job has finished."""
+        with self._cond:
+            while self._active:
+                self._cond.wait(0.05)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job, handle = self._jobs.popleft()
+            try:
+                handle.set_result(job())
+            except BaseException as error:  # reaches the caller through win_wait
+                handle.set_error(error)
+            finally:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
