@@ -34,6 +34,13 @@ from bluefog.topology import (ExponentialGraph, ExponentialTwoGraph, FullyConnec
                               StarGraph, SymmetricExponentialGraph)
 from bluefog.torch.topology_util import (InferDestinationFromSourceRanks,
                                          InferSourceFromDestinationRanks)
+from bluefog.optim import (CommunicationType, DistributedAdaptThenCombineOptimizer,
+                           DistributedAdaptWithCombineOptimizer, DistributedAllreduceOptimizer,
+                           DistributedGradientAllreduceOptimizer,
+                           DistributedHierarchicalNeighborAllreduceOptimizer,
+                           DistributedNeighborAllreduceOptimizer, DistributedPullGetOptimizer,
+                           DistributedPushSumOptimizer, DistributedWinPutOptimizer,
+                           allreduce_parameters, broadcast_optimizer_state, broadcast_parameters)
 
 __all__ = [
     "init", "shutdown", "size", "local_size", "rank", "local_rank", "machine_size", "machine_rank",
@@ -61,4 +68,9 @@ __all__ = [
     "GetExp2DynamicSendRecvMachineRanks", "GetInnerOuterRingDynamicSendRecvRanks",
     "GetInnerOuterExpo2DynamicSendRecvRanks", "InferSourceFromDestinationRanks",
     "InferDestinationFromSourceRanks",
+    "broadcast_optimizer_state", "broadcast_parameters", "allreduce_parameters",
+    "CommunicationType", "DistributedAdaptThenCombineOptimizer", "DistributedAdaptWithCombineOptimizer",
+    "DistributedGradientAllreduceOptimizer", "DistributedAllreduceOptimizer",
+    "DistributedNeighborAllreduceOptimizer", "DistributedHierarchicalNeighborAllreduceOptimizer",
+    "DistributedWinPutOptimizer", "DistributedPullGetOptimizer", "DistributedPushSumOptimizer",
 ]
