@@ -103,6 +103,12 @@ class Context:
         return GetRecvWeights(self.topology, self.rank)
 
     def close(self):
+        """Free the windows (collective, as every rank shuts down), stop the engine, free comms."""
+        for name in sorted(self.windows):
+            try:
+                self.windows.pop(name).window.free()
+            except Exception:  # MPI may already be finalized at interpreter exit
+                pass
         self.engine.close()
         for comm in (self.caller_comm, self.local_comm):
             try:
