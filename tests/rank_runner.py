@@ -34,7 +34,7 @@ def main(case_file, out_dir, only=None):
     results = {}
     out = os.path.join(out_dir, f"rank{rank}.json")
     signal.signal(signal.SIGALRM, _alarm)
-    for name, func in vars(module).items():
+    for name, func in list(vars(module).items()):
         if not name.startswith("case_") or not callable(func):
             continue
         if size not in getattr(func, "sizes", (1, 2, 4)) or (only and name not in only):
