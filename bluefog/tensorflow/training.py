@@ -135,6 +135,7 @@ class DistributedGradientTape:
         return average_gradients(grads, "DistributedGradientTape")
 
 
+@keras.saving.register_keras_serializable(package="bluefog")
 class DistributedOptimizer(keras.optimizers.Optimizer):
     """A Keras 3 optimizer wrapper that keeps the ranks' models together.
 
@@ -248,6 +249,9 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("optimizer"),
                                                       custom_objects=custom_objects)
+        for key in ("src_weights", "dst_weights"):   # JSON made the rank keys strings
+            if isinstance(config.get(key), dict):
+                config[key] = {int(r): w for r, w in config[key].items()}
         return cls(inner, **config)
 
 

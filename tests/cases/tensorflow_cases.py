@@ -1,6 +1,7 @@
 """bluefog.tensorflow (spec §10) on every rank: ops against NumPy references, gradients against
 finite differences of the loss summed over all ranks, eager and ``tf.function``, Keras training."""
 
+import json
 import os
 
 import networkx as nx
@@ -264,7 +265,8 @@ def case_distributed_optimizer_custom_loop_matches_numpy():
                 loss = tf.reduce_mean(loss)
             opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
 
-        (_graph(step) if graph else step)()
+        step_fn = _graph(step) if graph else step
+        step_fn()
         stepped = []
         for xk, yk in data:
             gw, gb = _mse_grads(w0, b0, xk.astype(np.float64), yk.astype(np.float64))
@@ -279,6 +281,13 @@ def case_distributed_optimizer_custom_loop_matches_numpy():
         for variable, want in zip(model.trainable_variables, expected):
             _close(variable, want, atol=1e-5)
         assert int(opt.iterations.numpy()) == 1
+        if mode == "neighbor_allreduce":   # weights changed between steps reach the traced step
+            opt.self_weight, opt.src_weights, opt.dst_weights = 1.0, {}, []
+            w1, b1 = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+            step_fn()
+            gw, gb = _mse_grads(w1, b1, x.astype(np.float64), y.astype(np.float64))
+            _close(model.trainable_variables[0], w1 - lr * gw, atol=1e-5)
+            _close(model.trainable_variables[1], b1 - lr * gb, atol=1e-5)
 
 
 @timeout(300)
@@ -301,9 +310,13 @@ def case_distributed_optimizer_in_model_fit():
         if mode == "allreduce":
             assert spread < 1e-5, spread    # every rank took the same steps
         assert int(opt.iterations.numpy()) == 12
-    clone = bf.DistributedOptimizer.from_config(opt.get_config())
-    assert clone.communication == "neighbor_allreduce"
+    opt = bf.DistributedOptimizer(keras.optimizers.Adam(0.05), "neighbor_allreduce",
+                                  self_weight=0.5, src_weights={3: 0.5}, dst_weights={2: 1.0})
+    saved = json.loads(json.dumps(keras.saving.serialize_keras_object(opt)))   # as model.save
+    clone = keras.saving.deserialize_keras_object(saved)
+    assert isinstance(clone, bf.DistributedOptimizer) and clone.communication == "neighbor_allreduce"
     assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
+    assert dict(clone.src_weights) == {3: 0.5} and dict(clone.dst_weights) == {2: 1.0}
 
 
 def case_errors_are_clear():
