@@ -18,7 +18,6 @@ Runtime model
 """
 
 import collections
-import contextlib
 import logging
 import os
 import threading
@@ -140,24 +139,25 @@ class Engine:
                 self._state.notify()   # otherwise a waiting caller drives
         return request.handle
 
-    @contextlib.contextmanager
-    def waiting(self):
-        """Mark this thread as about to wait, so the background thread leaves driving to it."""
+    def add_waiter(self):
+        """This thread is about to wait: the background thread leaves driving to it."""
         with self._state:
             self._waiters += 1
-        try:
-            yield
-        finally:
-            with self._state:
-                self._waiters -= 1
-                if not self.idle():
-                    self._state.notify()
+
+    def remove_waiter(self):
+        with self._state:
+            self._waiters -= 1
+            if not self._waiters and not self.idle():
+                self._state.notify()
 
     def wait(self, handle: Handle):
         """Drive the engine until ``handle`` is done; return its output or raise its error."""
         if not handle.done():
-            with self.waiting():
+            self.add_waiter()
+            try:
                 self._drive_until(handle.done)
+            finally:
+                self.remove_waiter()
         return handle.result()
 
     def idle(self) -> bool:

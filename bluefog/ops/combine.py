@@ -26,10 +26,13 @@ class Uniform:
 
     def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         chosen = range(received.shape[0]) if self.slots is None else self.slots
+        divisor = (len(chosen) + 1) * self.divisor_scale
+        if divisor == 1:
+            return x.clone()
         acc = x.to(compute_dtype(x.dtype), copy=True)
         for k in chosen:
             acc += received[k]
-        acc /= (len(chosen) + 1) * self.divisor_scale
+        acc.div_(divisor)
         return acc.to(x.dtype)
 
 

@@ -105,8 +105,12 @@ def blocking(start: Callable, *args, **kwargs):
 
         out = blocking(allreduce_nonblocking, tensor, average=True)
     """
-    with live_context().engine.waiting():
+    engine = live_context().engine
+    engine.add_waiter()
+    try:
         return synchronize(start(*args, **kwargs))
+    finally:
+        engine.remove_waiter()
 
 
 def require(condition: bool, message: str):
