@@ -168,24 +168,44 @@ class Engine:
         self._drive_until(self.idle)
 
     def _drive_until(self, finished):
-        # The caller has nothing else to do: yield-spin a while before sleeping, as MPI does.
+        """Drive until ``finished()``: progress passes; when a pass moves nothing and everything is
+        posted, block inside MPI until one request completes (MPI then polls in C and yields, as a
+        blocking MPI call would), otherwise back off politely."""
         backoff = Backoff(spins=_CALLER_SPINS)
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
-            if self._drive_once(timeout=0):
+            if self._drive_once(timeout=0, then_wait=True):
                 backoff.reset()
             else:
                 backoff.pause()
 
-    def _drive_once(self, timeout: float) -> bool:
-        """One progress pass if the drive lock comes free within ``timeout``; True if it moved."""
+    def _drive_once(self, timeout: float, then_wait: bool = False) -> bool:
+        """One progress pass if the drive lock comes free within ``timeout``; True if it moved.
+        With ``then_wait``, a pass that moved nothing is followed by :meth:`_wait_in_mpi`."""
         if not self._drive.acquire(timeout=timeout):
             return False
         try:
-            return self.progress()
+            return self.progress() or (then_wait and self._wait_in_mpi())
         finally:
             self._drive.release()
+
+    def _wait_in_mpi(self) -> bool:
+        """Block in ``MPI_Waitany`` on every outstanding request, if all the work is posted.
+
+        Only a waiting caller does this (the background thread never blocks in MPI).  Nothing it
+        could start is left unstarted: no queued submissions, and no pending op without a round in
+        flight, so the requests it waits on complete without further action from this rank.
+        """
+        if self._submitted or (self._pending and self._round is None):
+            return False
+        waiting = [req for entry in self._running for req in entry.waiting]
+        if self._round is not None:
+            waiting += self._round.waiting
+        if not waiting:
+            return False
+        mpi().Request.Waitany(waiting)
+        return True
 
     # ----------------------------------------------------------------- the progress pass
     def progress(self) -> bool:
@@ -319,7 +339,10 @@ class Engine:
 
     # ----------------------------------------------------------------- background thread
     def _background(self):
-        backoff = Backoff(longest=1e-3)
+        # Data in flight needs frequent MPI calls to move (rendezvous hand-shakes, single-copy
+        # reads); waiting for peers to join a round does not, so that waits longer between polls.
+        moving = Backoff(longest=1e-4)
+        waiting = Backoff(longest=1e-3)
         while True:
             with self._state:
                 while not self._closed and (self.idle() or self._waiters or self.suspended):
@@ -331,6 +354,7 @@ class Engine:
             except BaseException:  # never die silently
                 logger.exception("bluefog engine failure")
                 moved = False
+            backoff = moving if self._running else waiting
             if moved:
                 backoff.reset()
             else:

@@ -24,7 +24,7 @@ import numpy as np
 from bluefog.engine.mpi import mpi
 from bluefog.engine.request import Request
 
-MAX_HEADS = 64
+MAX_HEADS = 128
 MAX_SLOW_SUMMARIES = 512
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
