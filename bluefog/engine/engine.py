@@ -18,6 +18,7 @@ Runtime model
 """
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -44,24 +45,33 @@ _CALLER_SPINS = 200
 
 
 class Backoff:
-    """Poll politely: yield the CPU a few times, then sleep with growing pauses."""
+    """Poll politely: yield the CPU a few times, then sleep with growing pauses, at most ``brisk``
+    for the first ``brisk_for`` seconds without progress and at most ``longest`` after that."""
 
-    def __init__(self, longest: float = 1e-3, spins: int = 20):
+    def __init__(self, longest: float = 1e-3, spins: int = 20, brisk: float = 1e-3,
+                 brisk_for: float = 0.0):
         self.longest = longest
         self.spins = spins
+        self.brisk = min(brisk, longest)
+        self.brisk_for = brisk_for
         self.reset()
 
     def reset(self):
         self._spins = 0
         self._pause = 2e-5
+        self._since = None
 
     def pause(self):
         if self._spins < self.spins:
             self._spins += 1
             os.sched_yield()
             return
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
         time.sleep(self._pause)
-        self._pause = min(self._pause * 2, self.longest)
+        cap = self.brisk if now - self._since < self.brisk_for else self.longest
+        self._pause = min(self._pause * 2, cap)
 
 
 def wait_request(request) -> None:
@@ -115,6 +125,8 @@ class Engine:
         self._running: List[_Running] = []
         self._round: Optional[_Running] = None
         self._next_round = 0.0
+        self._last_submit = 0.0
+        self._holding = 0          # open batch() blocks: keep submissions back until they close
         self._unproductive = 0
         self._seq = 0
         self._waiters = 0
@@ -135,9 +147,28 @@ class Engine:
             if tl is not None:
                 tl.enqueued(request)        # timeline: ENQUEUE_<activity> opens
             self._submitted.append(request)
-            if not self._waiters:
-                self._state.notify()   # otherwise a waiting caller drives
+            if not self._waiters and not self._holding:
+                self._state.notify()   # otherwise a waiting caller drives, or batch() will
         return request.handle
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Submissions made inside the block reach negotiation together, in one round.
+
+        Example::
+
+            with engine.batch():
+                handles = [submit(request) for request in requests]
+        """
+        with self._state:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._holding -= 1
+                if not self._waiters:
+                    self._state.notify()
 
     def add_waiter(self):
         """This thread is about to wait: the background thread leaves driving to it."""
@@ -211,7 +242,7 @@ class Engine:
     def progress(self) -> bool:
         """Advance everything one step; the caller holds the drive lock.  True if anything moved."""
         moved = False
-        while self._submitted:
+        while self._submitted and not self._holding:
             self._pending.append(self._submitted.popleft())
             moved = True
         if self.skip_negotiation:
@@ -226,9 +257,12 @@ class Engine:
 
     def _advance_round(self) -> bool:
         if self._round is None:
-            if not self._pending or time.monotonic() < self._next_round:
+            now = time.monotonic()
+            if not self._pending or now < self._next_round:
                 return False
             blocked = self._waiters > 0
+            if not blocked and now - self._last_submit < self._cycle:
+                return False   # submissions are still arriving: gather them into one round
             kernel = negotiation.negotiate(self.ctrl_comm, self._layout, list(self._pending), blocked)
             self._round = _Running([], kernel)
         entry = self._round
@@ -339,10 +373,10 @@ class Engine:
 
     # ----------------------------------------------------------------- background thread
     def _background(self):
-        # Data in flight needs frequent MPI calls to move (rendezvous hand-shakes, single-copy
-        # reads); waiting for peers to join a round does not, so that waits longer between polls.
-        moving = Backoff(longest=1e-4)
-        waiting = Backoff(longest=1e-3)
+        # Requests in flight need frequent MPI calls to move (round messages, rendezvous
+        # hand-shakes, single-copy reads): poll every ~0.1 ms while something moved recently, and
+        # back off to 1 ms once nothing has moved for a while (peers are busy elsewhere).
+        backoff = Backoff(longest=1e-3, brisk=1e-4, brisk_for=5e-3)
         while True:
             with self._state:
                 while not self._closed and (self.idle() or self._waiters or self.suspended):
@@ -354,7 +388,6 @@ class Engine:
             except BaseException:  # never die silently
                 logger.exception("bluefog engine failure")
                 moved = False
-            backoff = moving if self._running else waiting
             if moved:
                 backoff.reset()
             else:

@@ -193,9 +193,29 @@ def barrier(comm):
     return None
 
 
-def _flat(tensors, dtype: torch.dtype) -> torch.Tensor:
-    """One contiguous buffer holding every tensor, in ``dtype`` (a single copy in)."""
+def _flat(tensors, dtype: torch.dtype, read_only: bool = False) -> torch.Tensor:
+    """One contiguous buffer holding every tensor, in ``dtype`` (a single copy in).
+
+    With ``read_only``, tensors that already lie back to back in one storage (as parameters do
+    after a fused step has made them views of one output) are used in place, without the copy.
+    """
+    if read_only and tensors[0].dtype == dtype:
+        span = _adjacent_span(tensors)
+        if span is not None:
+            return span
     return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+
+
+def _adjacent_span(tensors) -> Optional[torch.Tensor]:
+    """A 1-D view over ``tensors`` if they are contiguous and consecutive in one storage."""
+    storage = tensors[0].untyped_storage()
+    start = end = tensors[0].storage_offset()
+    for t in tensors:
+        if (not t.is_contiguous() or t.storage_offset() != end
+                or t.untyped_storage().data_ptr() != storage.data_ptr()):
+            return None
+        end += t.numel()
+    return tensors[0].new_empty(0).set_(storage, start, (end - start,))
 
 
 def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
@@ -219,7 +239,7 @@ def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor,
     """:func:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
     neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
     outputs are views of one allocation; otherwise each part is combined on views of what arrived."""
-    flat = _flat([t for t, _ in parts], parts[0][0].dtype)
+    flat = _flat([t for t, _ in parts], parts[0][0].dtype, read_only=True)
     slots = yield from exchange(comm, tag, flat, sends, recvs)
     combine = parts[0][1]
     if all(c == combine for _, c in parts):

@@ -25,6 +25,8 @@ from bluefog.engine.mpi import mpi
 from bluefog.engine.request import Request
 
 MAX_HEADS = 128
+P2P_ROUND_LIMIT = 32   # up to this many ranks a round is point-to-point (one hop) not Iallgather
+ROUND_TAG = 1
 MAX_SLOW_SUMMARIES = 512
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
@@ -181,7 +183,15 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
         return Decision(ready=ready)
-    yield [comm.Iallgather(layout.record(pending, blocked), layout.table)]
+    record = layout.record(pending, blocked)
+    if layout.size <= P2P_ROUND_LIMIT:
+        me = comm.Get_rank()
+        layout.table[me] = record
+        others = [r for r in range(layout.size) if r != me]
+        yield ([comm.Irecv(layout.table[r], source=r, tag=ROUND_TAG) for r in others]
+               + [comm.Isend(record, dest=r, tag=ROUND_TAG) for r in others])
+    else:
+        yield [comm.Iallgather(record, layout.table)]
     table = layout.table.tolist()
     decision = layout.decide_fast(table, pending)
     if decision is not None:

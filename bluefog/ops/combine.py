@@ -29,9 +29,13 @@ class Uniform:
         divisor = (len(chosen) + 1) * self.divisor_scale
         if divisor == 1:
             return x.clone()
-        acc = x.to(compute_dtype(x.dtype), copy=True)
-        for k in chosen:
-            acc += received[k]
+        work = compute_dtype(x.dtype)
+        if len(chosen):    # the first addition also allocates the result: one pass fewer
+            acc = torch.add(x.to(work), received[chosen[0]].to(work))
+            for k in chosen[1:]:
+                acc += received[k]
+        else:
+            acc = x.to(work, copy=True)
         acc.div_(divisor)
         return acc.to(x.dtype)
 

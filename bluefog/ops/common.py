@@ -98,6 +98,17 @@ def synchronize(handle):
 wait = synchronize
 
 
+def submission_batch():
+    """A context manager: nonblocking ops submitted inside it are negotiated together (one round).
+
+    Example::
+
+        with submission_batch():
+            handles = [neighbor_allreduce_nonblocking(p, name=n) for n, p in params]
+    """
+    return live_context().engine.batch()
+
+
 def blocking(start: Callable, *args, **kwargs):
     """``synchronize(start(*args, **kwargs))``, with this thread driving the engine from the start.
 

@@ -18,6 +18,7 @@ Example::
         opt.step()
 """
 
+from bluefog.ops.common import submission_batch
 from bluefog.optim.communication import CollectiveKnobs, CommunicationType
 from bluefog.optim.wrapper import DistributedOptimizer, owned_parameters, weak_callback
 
@@ -37,9 +38,10 @@ class ForwardTriggeredOptimizer(DistributedOptimizer):
             self._hooks.append(model.register_forward_hook(weak_callback(self._after_forward)))
 
     def _after_forward(self, model, inputs, output):
-        for owner, name, p in self._owned.get(id(model), ()):
-            if owner.training and p.requires_grad and self._count(p):
-                self._begin(p, lambda p=p, name=name: self._launch(p, name))
+        with submission_batch():   # every parameter's op reaches negotiation in one round
+            for owner, name, p in self._owned.get(id(model), ()):
+                if owner.training and p.requires_grad and self._count(p):
+                    self._begin(p, lambda p=p, name=name: self._launch(p, name))
 
     def _launch(self, p, name):
         raise NotImplementedError
