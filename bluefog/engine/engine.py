@@ -230,12 +230,14 @@ class Engine:
         """
         if self._submitted or (self._pending and self._round is None):
             return False
-        waiting = [req for entry in self._running for req in entry.waiting]
-        if self._round is not None:
-            waiting += self._round.waiting
-        if not waiting:
+        entries = self._running + ([self._round] if self._round is not None else [])
+        entries = [entry for entry in entries if entry.waiting]
+        if len(entries) == 1:          # the only thing in flight: wait for all of it at once
+            mpi().Request.Waitall(entries[0].waiting)
+        elif entries:
+            mpi().Request.Waitany([req for entry in entries for req in entry.waiting])
+        else:
             return False
-        mpi().Request.Waitany(waiting)
         return True
 
     # ----------------------------------------------------------------- the progress pass

@@ -70,14 +70,19 @@ def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[i
 
 
 class Layout:
-    """The fixed-size round record of a world of ``size`` ranks, with buffers reused every round."""
+    """The round record of a world of ``size`` ranks, with buffers reused every round.
+
+    A record is ``[blocked, head count, topology flag, send bitmap, receive bitmap, heads...]``
+    with three words per head (digest, first dim, fuses-with-previous); only the used prefix
+    travels in point-to-point rounds, the whole fixed length in ``Iallgather`` rounds.
+    """
 
     def __init__(self, size: int):
         self.size = size
         self.words = (size + 63) // 64
-        self.heads = 2               # then (digest, dim0, fuses-with-previous) per head
-        self.topo = self.heads + 3 * MAX_HEADS
-        self.length = self.topo + 1 + 2 * self.words
+        self.topo = 2
+        self.heads = self.topo + 1 + 2 * self.words
+        self.length = self.heads + 3 * MAX_HEADS
         self.mine = np.zeros(self.length, dtype=np.uint64)
         self.table = np.zeros((size, self.length), dtype=np.uint64)
 
@@ -103,8 +108,9 @@ class Layout:
                 break
         rec[0] = int(blocked)
         rec[1] = count
-        self.mine[:] = rec
-        return self.mine
+        used = self.heads + 3 * count
+        self.mine[:used] = rec[:used]
+        return self.mine[:used]
 
     def decide_fast(self, table: List[List[int]], pending: Sequence[Request]) -> Optional[Decision]:
         """The common prefix of every rank's heads, or None when there is none."""
@@ -186,13 +192,14 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     record = layout.record(pending, blocked)
     if layout.size <= P2P_ROUND_LIMIT:
         me = comm.Get_rank()
-        layout.table[me] = record
+        layout.table[me, :record.size] = record
         others = [r for r in range(layout.size) if r != me]
         yield ([comm.Irecv(layout.table[r], source=r, tag=ROUND_TAG) for r in others]
                + [comm.Isend(record, dest=r, tag=ROUND_TAG) for r in others])
     else:
-        yield [comm.Iallgather(record, layout.table)]
-    table = layout.table.tolist()
+        yield [comm.Iallgather(layout.mine, layout.table)]
+    used = layout.heads + 3 * int(layout.table[:, 1].min())
+    table = layout.table[:, :used].tolist()
     decision = layout.decide_fast(table, pending)
     if decision is not None:
         return decision
