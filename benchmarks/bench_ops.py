@@ -14,21 +14,11 @@ import argparse
 import torch
 
 import bluefog.torch as bf
-from common import timed
+from common import raw_neighbor_average, timed
 from mpi4py import MPI
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20, "16M": 1 << 24}
 REPEATS = {"1K": 300, "64K": 150, "1M": 40, "16M": 10}
-
-
-def raw_neighbor_average(comm, x, ins, outs, slots):
-    requests = [comm.Irecv(slots[k].numpy(), source=r, tag=11) for k, r in enumerate(ins)]
-    requests += [comm.Isend(x.numpy(), dest=r, tag=11) for r in outs]
-    MPI.Request.Waitall(requests)
-    out = x.clone()
-    for k in range(len(ins)):
-        out += slots[k]
-    return out.div_(len(ins) + 1)
 
 
 def main():

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import bluefog.torch as bf
-from common import timed
+from common import raw_neighbor_average, timed
 from mpi4py import MPI
 
 
@@ -44,15 +44,7 @@ def raw_exchange(comm, model, ins, outs):
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     slots = torch.empty((len(ins), flat.numel()))
 
-    def step():
-        requests = [comm.Irecv(slots[k].numpy(), source=r, tag=3) for k, r in enumerate(ins)]
-        requests += [comm.Isend(flat.numpy(), dest=r, tag=3) for r in outs]
-        MPI.Request.Waitall(requests)
-        out = flat.clone()
-        for k in range(len(ins)):
-            out += slots[k]
-        out.div_(len(ins) + 1)
-    return step
+    return lambda: raw_neighbor_average(comm, flat, ins, outs, slots)
 
 
 def init_gloo(comm):

@@ -27,18 +27,11 @@ import numpy as np
 import torch
 
 import bluefog.torch as bf
-from bluefog.engine.engine import Backoff
+from bluefog.engine.engine import wait_request
 from mpi4py import MPI
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20}
 REPEATS = {"1K": 2000, "64K": 400, "1M": 150}
-
-
-def polite_barrier(comm):
-    request = comm.Ibarrier()
-    backoff = Backoff()
-    while not request.Test():
-        backoff.pause()
 
 
 class Floor:
@@ -139,7 +132,7 @@ def main():
         methods["put bluefog"] = lambda: bf.win_put(x, "bench")
         methods["get bluefog"] = lambda: bf.win_get("bench")
         methods["accumulate bluefog"] = lambda: bf.win_accumulate(x, "bench")
-        polite_barrier(comm)
+        wait_request(comm.Ibarrier())
         if bf.rank() == 0:
             floor.flushed_win.Lock_all(MPI.MODE_NOCHECK)
             result = measure(methods, repeats)
@@ -147,7 +140,7 @@ def main():
             for op in ("put", "get", "accumulate"):
                 ours = result[f"{op} bluefog"]
                 rows.append((op, label, result[f"{op} locked"], result[f"{op} flushed"], ours))
-        polite_barrier(comm)
+        wait_request(comm.Ibarrier())
         bf.win_free("bench")
         floor.free()
     if bf.rank() == 0:
