@@ -6,7 +6,6 @@ import os
 from typing import Callable, List, Optional
 
 import networkx as nx
-import numpy as np
 import torch
 
 from bluefog import config, context

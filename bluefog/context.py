@@ -14,7 +14,7 @@ import networkx as nx
 
 from bluefog import config
 from bluefog.errors import NOT_INITIALIZED
-from bluefog.topology import ExponentialGraph, GetRecvWeights, IsTopologyEquivalent
+from bluefog.topology import GetRecvWeights
 
 logger = logging.getLogger("bluefog")
 
