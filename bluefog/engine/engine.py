@@ -127,6 +127,9 @@ class Engine:
         self._next_round = 0.0
         self._last_submit = 0.0
         self._holding = 0          # open batch() blocks: keep submissions back until they close
+        self._round_started = 0.0
+        self._stall_warned = False
+        self.stall_warning_seconds = 60.0
         self._unproductive = 0
         self._seq = 0
         self._waiters = 0
@@ -267,6 +270,8 @@ class Engine:
                 return False   # submissions are still arriving: gather them into one round
             kernel = negotiation.negotiate(self.ctrl_comm, self._layout, list(self._pending), blocked)
             self._round = _Running([], kernel)
+            self._round_started = now
+            self._stall_warned = False
         entry = self._round
         if entry.waiting and not mpi().Request.Testall(entry.waiting):
             return False
@@ -382,9 +387,11 @@ class Engine:
         while True:
             with self._state:
                 while not self._closed and (self.idle() or self._waiters or self.suspended):
-                    self._state.wait(0.002 if self._waiters else None)
+                    self._state.wait(0.002 if self._waiters else 1.0)
+                    self._warn_if_stalled()
                 if self._closed:
                     return
+            self._warn_if_stalled()
             try:
                 moved = self._drive_once(timeout=0.002)
             except BaseException:  # never die silently
@@ -394,6 +401,17 @@ class Engine:
                 backoff.reset()
             else:
                 backoff.pause()
+
+    def _warn_if_stalled(self):
+        """Log once per round when it has waited ``stall_warning_seconds`` for the other ranks."""
+        if (self._round is None or self._stall_warned
+                or time.monotonic() - self._round_started < self.stall_warning_seconds):
+            return
+        self._stall_warned = True
+        names = [req.name for req in list(self._pending)[:5]]
+        logger.warning("Stalled ops: rank %d has waited %.1f s for the other ranks to submit %s; a "
+                       "rank that never calls the same op (with the same name) keeps this one "
+                       "waiting.", self.rank, self.stall_warning_seconds, names)
 
     def suspend(self, value: bool):
         """``bf.suspend()`` / ``bf.resume()``: park or wake the background thread."""

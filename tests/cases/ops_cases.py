@@ -364,3 +364,26 @@ def case_fusion_changes_no_result():
     for k, (a, b) in enumerate(zip(fused, alone)):
         assert a.dtype == b.dtype and a.shape == b.shape, k
         assert torch.equal(a, b), (k, a, b)
+
+
+@sizes(2, 4)
+def case_a_rank_waiting_for_late_peers_warns_naming_the_op():
+    import logging
+    import time
+    from bluefog import context
+    engine = context.current().engine
+    engine.stall_warning_seconds = 0.5
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("bluefog").addHandler(handler)
+    try:
+        if bf.rank() != 0:
+            time.sleep(1.5)
+        assert bf.allreduce(torch.ones(1), name="late").item() == 1.0
+    finally:
+        logging.getLogger("bluefog").removeHandler(handler)
+        engine.stall_warning_seconds = 60.0
+    if bf.rank() == 0:
+        messages = [r.getMessage() for r in records]
+        assert any("Stalled ops" in m and "allreduce.late" in m for m in messages), messages
