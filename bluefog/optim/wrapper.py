@@ -151,6 +151,7 @@ class DistributedOptimizer:
         self._synchronized = False
         self._should_synchronize = True
         self._timeline = False
+        self._compute_spans_attached = False
         self._spans = {}             # parameter -> (timeline row, token) of its open span
         self._distributed = size() > 1
         if os.environ.get(config.TIMELINE):
@@ -277,8 +278,13 @@ class DistributedOptimizer:
 
     def turn_on_timeline(self):
         """Record each parameter's communication, from launch to completion, as a ``COMMUNICATE``
-        span on the row ``<communication prefix>.<parameter name>`` (the timeline itself must be
-        running: ``BLUEFOG_TIMELINE`` at ``bf.init()``)."""
+        span on the row ``<communication prefix>.<parameter name>``, and its ``FORWARD`` and
+        ``GRADIENT COMPT.`` phases on the same row (the timeline itself must be running:
+        ``BLUEFOG_TIMELINE`` at ``bf.init()``)."""
+        if not self._compute_spans_attached:
+            from bluefog.optim.compute_spans import ComputeSpans
+            ComputeSpans(self).attach(self._models)
+            self._compute_spans_attached = True
         self._timeline = True
 
     def turn_off_timeline(self):

@@ -123,3 +123,30 @@ def case_resume_is_idempotent():
     bf.resume()
     bf.resume()
     assert bf.allreduce(torch.ones(1)).item() == 1.0
+
+
+def case_optimizer_records_forward_and_gradient_phases():
+    assert tracer.running()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    opt = bf.DistributedAdaptWithCombineOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                                  model=model)
+    opt.turn_on_timeline()
+    for _ in range(2):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bf.barrier()
+    events = load(_my_file())
+    spans = {(e["name"], row) for row_pid, row in
+             {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}.items()
+             for e in events if e["ph"] == "B" and e["pid"] == row_pid}
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        row = f"neighbor.allreduce.{name}"
+        assert ("FORWARD", row) in spans and ("GRADIENT COMPT.", row) in spans, (row, spans)
+    opens = {}
+    for e in events:
+        key = (e["pid"], e["tid"])
+        opens[key] = opens.get(key, 0) + (1 if e["ph"] == "B" else -1 if e["ph"] == "E" else 0)
+    assert all(v == 0 for v in opens.values()), "every span is closed"
