@@ -15,6 +15,7 @@ from bluefog.engine.mpi import mpi
 from bluefog.engine.window import Window
 from bluefog.ops import combine as mix
 from bluefog.ops.common import check_float_weight, live_context
+from bluefog.timeline import tracer
 
 
 class UnknownWindowError(KeyError, ValueError):
@@ -120,7 +121,7 @@ def win_update(name: str, self_weight: Optional[float] = None,
                 window.acquire(window.rank, j)
                 held.append(j)
         window.sync()
-        with torch.no_grad():
+        with torch.no_grad(), tracer.span(name, "WIN_SYNC_COMPUTE_AVERAGE"):
             host = work.detach() if work.is_cpu else work.detach().cpu()
             slot_weights = None if weights is None else [weights.get(j, 0.0) for j in in_ranks]
             result = _combine(host, [window.slots[j] for j in in_ranks], own, slot_weights)

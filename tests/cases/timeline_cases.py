@@ -83,6 +83,7 @@ def case_timeline_records_window_ops():
             bf.win_accumulate(x, name="win.x", require_mutex=True)
         bf.win_wait(bf.win_put_nonblocking(x, name="win.x"))
         bf.win_get(name="win.x")
+        bf.win_update(name="win.x")
         bf.barrier()
     finally:
         bf.win_free("win.x")
@@ -90,6 +91,7 @@ def case_timeline_records_window_ops():
     begins = {e["name"] for e in events if e["ph"] == "B" and "WIN" in e["name"]}
     for op in ("WIN_ACCUMULATE", "WIN_PUT", "WIN_GET", "WIN_CREATE"):
         assert {f"ENQUEUE_{op}", f"MPI_{op}"} <= begins, (op, begins)
+    assert "WIN_SYNC_COMPUTE_AVERAGE" in begins, begins
 
 
 def case_suspend_refuses_ops_and_parks_the_engine():
