@@ -7,11 +7,13 @@ Run::
     bfrun -np 4 python benchmarks/bench_step.py
 
 Data is synthetic (``torch.randn``).  A step is forward, backward and ``optimizer.step()``; the
-time of a step is the slowest rank's; medians over ``--steps`` steps after ``--warmup``.
+time of a step is the slowest rank's; the variants run in interleaved blocks (so drifting load on
+a shared machine hits all of them), and the table shows the median of the per-block medians.
 """
 
 import argparse
 import os
+import statistics
 
 import torch
 import torch.distributed as dist
@@ -58,8 +60,9 @@ def main():
     parser.add_argument("--layers", type=int, default=60, help="hidden Linear layers")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=50, help="steps per variant, in all")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=5, help="interleaved blocks of steps")
     parser.add_argument("--skip-ddp", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -67,41 +70,45 @@ def main():
     comm = MPI.COMM_WORLD.Dup()
     torch.manual_seed(bf.rank())
     data, target = torch.randn(args.batch, args.width), torch.randint(0, 10, (args.batch,))
-    results = {}
-
-    def measure(label, build):
-        model = make_model(args.layers, args.width)
-        step = build(model)
-        results[label] = timed(comm, step, args.steps, args.warmup)
-        if bf.rank() == 0:
-            print(f"measured {label}: {results[label] * 1e3:.2f} ms", flush=True)
-        return model
-
     def sgd(model):
         return torch.optim.SGD(model.parameters(), lr=1e-3)
 
-    model = measure("local step (no communication)",
-                    lambda m: training_step(m, sgd(m), data, target))
+    steps = {}
+    model = make_model(args.layers, args.width)
+    steps["local step (no communication)"] = training_step(model, sgd(model), data, target)
     tensors = len(list(model.parameters()))
     elements = sum(p.numel() for p in model.parameters())
-    results["raw single-buffer neighbor exchange"] = timed(
-        comm, raw_exchange(comm, model, bf.in_neighbor_ranks(), bf.out_neighbor_ranks()),
-        args.steps, args.warmup)
-    measure("AWC (neighbor_allreduce)", lambda m: training_step(
-        m, bf.DistributedAdaptWithCombineOptimizer(sgd(m), model=m), data, target))
-    measure("gradient allreduce", lambda m: training_step(
-        m, bf.DistributedGradientAllreduceOptimizer(sgd(m), model=m), data, target))
+    steps["raw single-buffer neighbor exchange"] = raw_exchange(
+        comm, model, bf.in_neighbor_ranks(), bf.out_neighbor_ranks())
+    model = make_model(args.layers, args.width)
+    steps["AWC (neighbor_allreduce)"] = training_step(
+        model, bf.DistributedAdaptWithCombineOptimizer(sgd(model), model=model), data, target)
+    model = make_model(args.layers, args.width)
+    steps["gradient allreduce"] = training_step(
+        model, bf.DistributedGradientAllreduceOptimizer(sgd(model), model=model), data, target)
     if not args.skip_ddp:
         init_gloo(comm)
-        measure("torch DDP (gloo)", lambda m: training_step(
-            nn.parallel.DistributedDataParallel(m), sgd(m), data, target))
+        model = make_model(args.layers, args.width)
+        steps["torch DDP (gloo)"] = training_step(
+            nn.parallel.DistributedDataParallel(model), sgd(model), data, target)
+    # Interleave: every variant runs a block of steps in turn, so drifting machine load hits all.
+    samples = {label: [] for label in steps}
+    for block in range(args.blocks):
+        for label, step in steps.items():
+            samples[label].append(timed(comm, step, args.steps // args.blocks,
+                                        args.warmup if block == 0 else 1))
+        if bf.rank() == 0:
+            print(f"measured block {block + 1} of {args.blocks}", flush=True)
+    results = {label: statistics.median(values) for label, values in samples.items()}
+    if not args.skip_ddp:
         dist.destroy_process_group()
     if bf.rank() == 0:
         local = results["local step (no communication)"]
         floor = results["raw single-buffer neighbor exchange"]
         awc = results["AWC (neighbor_allreduce)"]
         print(f"\n{bf.size()} ranks, {tensors} parameter tensors, {elements} float32 elements, "
-              f"batch {args.batch} per rank; median ms per step (slowest rank)\n")
+              f"batch {args.batch} per rank; ms per step: median over {args.blocks} interleaved blocks "
+              "of the per-block median of the slowest rank\n")
         print("| step | ms | vs AWC |")
         print("|---|---|---|")
         for label, value in results.items():
