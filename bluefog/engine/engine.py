@@ -9,9 +9,12 @@ Runtime model
   returns the op's output, so many ops can be in flight at once and MPI collectives always start in
   the same order on every rank.
 * A background thread drives while the caller computes (so communication overlaps forward and
-  backward); a caller blocked in ``wait`` drives itself, which saves a thread hand-off per op.  Both
-  back off (yield, then sleep up to a millisecond) when nothing moves, so four ranks on two cores do
-  not starve each other.
+  backward), polling about every 0.1 ms while requests move and backing off to 1 ms when peers are
+  busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
+  itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
+  blocking MPI call would.
+* ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
+  are negotiated, and fused, in one round.
 * With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
   one at a time, with no matching.
 * Every failure reaches the caller as an exception through the op's handle; the engine keeps going.

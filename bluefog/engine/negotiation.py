@@ -1,11 +1,14 @@
 """Matching ops across ranks by name, without a coordinator.
 
-A rank with pending ops joins a *round*: an ``Iallgather`` of a fixed-size record holding the digests
-(name + signature) of its first few pending ops, their first dims, and for a dynamic neighbor op the
-bitmaps of whom it sends to and receives from.  Every rank then runs the same pure decision on the
-same table, so all reach the same verdict without further messages:
+A rank with pending ops joins a *round*: it sends every other rank a record (point-to-point up to
+``P2P_ROUND_LIMIT`` ranks, one hop; an ``Iallgather`` of the fixed-size record beyond) holding the
+digests (name + signature) of its first pending ops, their first dims, whether each may be fused with
+the one before, and for a dynamic neighbor op the bitmaps of whom it sends to and receives from.
+Every rank then runs the same pure decision on the same table, so all reach the same verdict
+without further messages:
 
-* fast path: the longest common prefix of the digest lists is executed, in that order;
+* fast path: the longest common prefix of the digest lists is executed, in that order, consecutive
+  ops fused where every rank allows it;
 * slow path (ranks submitted in different orders, or disagree): every rank allgathers the summaries of
   all its pending ops; names present on every rank run in rank 0's order, mismatched signatures
   become a ``ValueError`` on every rank, and a round where nothing can run while every rank is
