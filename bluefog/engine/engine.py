@@ -28,7 +28,6 @@ import threading
 import time
 from typing import List, Optional
 
-import numpy as np
 
 from bluefog.engine import negotiation
 from bluefog.engine.handle import Handle
@@ -341,17 +340,7 @@ class Engine:
 
     def _checked(self, req: Request, kernel):
         """Skip-negotiate mode: the topology check is its own collective before the data moves."""
-        rec = np.zeros(2 * self._layout.words, dtype=np.uint64)
-        rec[:self._layout.words] = negotiation._bitmap(req.sends, self._layout.words)
-        rec[self._layout.words:] = negotiation._bitmap(req.recvs, self._layout.words)
-        table = np.empty((self.size, rec.size), dtype=np.uint64)
-        yield [self.ctrl_comm.Iallgather(rec, table)]
-        w = self._layout.words
-        problem = negotiation.topology_mismatch(
-            [negotiation._bitmap_ranks(row[:w], self.size) for row in table],
-            [negotiation._bitmap_ranks(row[w:], self.size) for row in table])
-        if problem:
-            raise ValueError(problem)
+        yield from negotiation.check_topology(self.ctrl_comm, self._layout, req)
         return (yield from kernel)
 
     def _step(self, entry: _Running) -> bool:

@@ -104,16 +104,24 @@ class Layout:
             previous = req.fusion_key
             count += 1
             if req.sends is not None:
-                base = self.topo + 1
                 rec[self.topo] = 1
-                rec[base:base + self.words] = _bitmap(req.sends, self.words)
-                rec[base + self.words:base + 2 * self.words] = _bitmap(req.recvs, self.words)
+                rec[self.topo + 1:self.heads] = self.topology_words(req)
                 break
         rec[0] = int(blocked)
         rec[1] = count
         used = self.heads + 3 * count
         self.mine[:used] = rec[:used]
         return self.mine[:used]
+
+    def topology_words(self, req: Request) -> List[int]:
+        """The send bitmap then the receive bitmap of a checked request."""
+        return _bitmap(req.sends, self.words) + _bitmap(req.recvs, self.words)
+
+    def topology_problem(self, rows) -> Optional[str]:
+        """:func:`topology_mismatch` over every rank's :meth:`topology_words`."""
+        w = self.words
+        return topology_mismatch([_bitmap_ranks(row[:w], self.size) for row in rows],
+                                 [_bitmap_ranks(row[w:2 * w], self.size) for row in rows])
 
     def decide_fast(self, table: List[List[int]], pending: Sequence[Request]) -> Optional[Decision]:
         """The common prefix of every rank's heads, or None when there is none."""
@@ -133,11 +141,7 @@ class Layout:
             decision.ready.append((pending[k], tuple(row[slot + 1] for row in table),
                                    k > 0 and all(row[slot + 2] for row in table)))
         if first[self.topo]:
-            base = self.topo + 1
-            sends = [_bitmap_ranks(row[base:base + self.words], self.size) for row in table]
-            recvs = [_bitmap_ranks(row[base + self.words:base + 2 * self.words], self.size)
-                     for row in table]
-            problem = topology_mismatch(sends, recvs)
+            problem = self.topology_problem([row[self.topo + 1:self.heads] for row in table])
             if problem:
                 decision.errors.append((pending[0], ValueError(problem)))
                 decision.ready.clear()
@@ -181,6 +185,16 @@ def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
                           f"was submitted by all of them ({waits}). Check that every rank calls the "
                           "same ops with the same names.")
     return decision
+
+
+def check_topology(comm, layout: Layout, req: Request):
+    """Skip-negotiate mode: the topology check of ``req`` as its own collective (a kernel step)."""
+    mine = np.array(layout.topology_words(req), dtype=np.uint64)
+    table = np.empty((layout.size, mine.size), dtype=np.uint64)
+    yield [comm.Iallgather(mine, table)]
+    problem = layout.topology_problem(table.tolist())
+    if problem:
+        raise ValueError(problem)
 
 
 def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):

@@ -48,6 +48,3 @@ class Request:
         """A 63-bit hash of name + signature, identical on every rank for matching calls."""
         text = repr((self.name, self.signature)).encode()
         return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-    def describe(self) -> str:
-        return f"{self.name} {self.signature}"
