@@ -10,6 +10,7 @@ import torch
 
 from bluefog import config, context
 from bluefog.context import neighbors
+from bluefog.engine import cuda
 from bluefog.errors import ArgumentAssertionError
 from bluefog.timeline import tracer as timeline
 from bluefog.topology import ExponentialGraph, IsTopologyEquivalent, weight_matrix
@@ -242,8 +243,16 @@ def unified_mpi_window_model_supported() -> bool:
 
 
 def nccl_built() -> bool:
-    """True only when CUDA tensors go over NCCL with one GPU per local rank (not in this build)."""
-    return False
+    """True only when CUDA tensors would go over NCCL with one GPU per local rank: torch has NCCL,
+    CUDA devices are visible, ``BLUEFOG_OPS_ON_CPU`` is off and no two local ranks must share a GPU
+    (then CUDA tensors are staged through host memory).  Works before ``init``; creates no CUDA
+    context."""
+    if context.initialized():
+        local_size = context.current().local_size
+    else:
+        local_size = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+                         or os.environ.get("MPI_LOCALNRANKS") or 1)
+    return cuda.nccl_built(local_size)
 
 
 def suspend():

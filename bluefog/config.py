@@ -22,16 +22,21 @@ MAX_WIN_SENT_LENGTH = "BLUEFOG_MAX_WIN_SENT_LENGTH"
 START_TIMEOUT = "BLUEFOG_START_TIMEOUT"
 FAILURE_DIR = "BLUEFOG_FAILURE_DIR"
 
-# Bluefog 0.3.0 variables that have no effect in this build (no NCCL / GPU-window code yet): accepted
-# silently, so that scripts setting them keep working.
+# Per-op switches, read at every op: 1 sends that op's CUDA tensors over MPI (host staging), not NCCL.
+BY_MPI = {
+    "allreduce": "BLUEFOG_ALLREDUCE_BY_MPI", "allgather": "BLUEFOG_ALLGATHER_BY_MPI",
+    "broadcast": "BLUEFOG_BROADCAST_BY_MPI", "neighbor_allreduce": "BLUEFOG_NEIGHBOR_ALLREDUCE_BY_MPI",
+    "neighbor_allgather": "BLUEFOG_NEIGHBOR_ALLGATHER_BY_MPI",
+}
+# Bluefog 0.3.0 variables that have no effect here (windows always live in host memory and move
+# over MPI): accepted silently, so that scripts setting them keep working.
 WITHOUT_EFFECT = (
-    "BLUEFOG_ALLREDUCE_BY_MPI", "BLUEFOG_ALLGATHER_BY_MPI", "BLUEFOG_BROADCAST_BY_MPI",
-    "BLUEFOG_NEIGHBOR_ALLREDUCE_BY_MPI", "BLUEFOG_NEIGHBOR_ALLGATHER_BY_MPI",
     "BLUEFOG_WIN_OPS_BY_MPI", "BLUEFOG_WIN_ON_GPU", "BLUEFOG_NUM_FINALIZER_THREADS",
     "BLUEFOG_SLEEP_USEC_FOR_WIN_PASSIVE",
 )
 KNOWN = (LOG_LEVEL, LOG_HIDE_TIME, TIMELINE, FUSION_THRESHOLD, CYCLE_TIME, MPI_THREAD_LEVEL,
-         NODES_PER_MACHINE, OPS_ON_CPU, MAX_WIN_SENT_LENGTH, START_TIMEOUT, FAILURE_DIR) + WITHOUT_EFFECT
+         NODES_PER_MACHINE, OPS_ON_CPU, MAX_WIN_SENT_LENGTH, START_TIMEOUT, FAILURE_DIR
+         ) + tuple(BY_MPI.values()) + WITHOUT_EFFECT
 
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
@@ -114,6 +119,11 @@ def mpi_thread_level() -> str:
 def start_timeout() -> float:
     """``BLUEFOG_START_TIMEOUT``: seconds ``ibfrun`` waits for its engines (default 600)."""
     return _number(START_TIMEOUT, float, 600.0, 1.0)
+
+
+def by_mpi(op: str) -> bool:
+    """``BLUEFOG_<OP>_BY_MPI`` for ``op`` (a key of :data:`BY_MPI`), read now."""
+    return _flag(BY_MPI[op])
 
 
 def unknown_names() -> list:

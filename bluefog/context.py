@@ -24,6 +24,7 @@ class Context:
 
     def __init__(self):
         from bluefog.engine import Engine
+        from bluefog.engine.cuda import CudaRuntime
         from bluefog.engine.mpi import mpi
         MPI = mpi()
         self.MPI = MPI
@@ -33,6 +34,7 @@ class Context:
         self.settings = config.read()
         self.engine = Engine(self.world, self.settings.cycle_time_ms, self.settings.fusion_threshold)
         self.caller_comm = self.world.Dup()   # collectives issued on the caller's thread
+        self.cuda = CudaRuntime(self.rank, self.size, self.settings.ops_on_cpu)   # touches no GPU yet
         self.local_comm = None
         self.nodes_per_machine: object = "unset"
         self.topology: Optional[nx.DiGraph] = None
@@ -110,6 +112,7 @@ class Context:
             except Exception:  # MPI may already be finalized at interpreter exit
                 pass
         self.engine.close()
+        self.cuda.close()
         for comm in (self.caller_comm, self.local_comm):
             try:
                 comm.Free()

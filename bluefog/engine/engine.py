@@ -5,9 +5,9 @@ Runtime model
 * ``submit`` puts a :class:`Request` on the queue and returns at once.
 * Whoever holds the *drive lock* advances the engine with :meth:`Engine.progress`: it starts
   negotiation rounds (see ``negotiation.py``), starts the kernels of agreed ops in the agreed order,
-  and tests their MPI requests.  A kernel is a generator that yields lists of MPI requests and
-  returns the op's output, so many ops can be in flight at once and MPI collectives always start in
-  the same order on every rank.
+  and tests their MPI requests.  A kernel is a generator that yields lists of MPI requests (or a
+  ``DeviceWait`` on GPU work, for CUDA tensors over NCCL) and returns the op's output, so many ops
+  can be in flight at once and collectives always start in the same order on every rank.
 * A background thread drives while the caller computes (so communication overlaps forward and
   backward), polling about every 0.1 ms while requests move and backing off to 1 ms when peers are
   busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
@@ -30,6 +30,7 @@ from typing import List, Optional
 
 
 from bluefog.engine import negotiation
+from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
 from bluefog.engine.mpi import mpi
 from bluefog.engine.request import Launch, Request
@@ -74,6 +75,15 @@ class Backoff:
         time.sleep(self._pause)
         cap = self.brisk if now - self._since < self.brisk_for else self.longest
         self._pause = min(self._pause * 2, cap)
+
+
+def _complete(waiting) -> bool:
+    """True once everything a kernel yielded (MPI requests, or one :class:`DeviceWait`) is done."""
+    if not waiting:
+        return True
+    if type(waiting) is DeviceWait:
+        return waiting.done()
+    return mpi().Request.Testall(waiting)
 
 
 def wait_request(request) -> None:
@@ -175,6 +185,18 @@ class Engine:
                 if not self._waiters:
                     self._state.notify()
 
+    @contextlib.contextmanager
+    def unheld(self):
+        """Let submissions through while ``batch()`` blocks are open, for an op that must finish
+        inside one (the one-time CUDA setup)."""
+        with self._state:
+            held, self._holding = self._holding, 0
+        try:
+            yield
+        finally:
+            with self._state:
+                self._holding += held
+
     def add_waiter(self):
         """This thread is about to wait: the background thread leaves driving to it."""
         with self._state:
@@ -237,6 +259,8 @@ class Engine:
             return False
         entries = self._running + ([self._round] if self._round is not None else [])
         entries = [entry for entry in entries if entry.waiting]
+        if any(type(entry.waiting) is DeviceWait for entry in entries):
+            return False               # GPU work is polled, not waited for inside MPI
         if len(entries) == 1:          # the only thing in flight: wait for all of it at once
             mpi().Request.Waitall(entries[0].waiting)
         elif entries:
@@ -344,7 +368,7 @@ class Engine:
         return (yield from kernel)
 
     def _step(self, entry: _Running) -> bool:
-        if entry.waiting and not mpi().Request.Testall(entry.waiting):
+        if not _complete(entry.waiting):
             return False
         try:
             entry.waiting = entry.kernel.send(None)

@@ -19,7 +19,7 @@ class Handle:
         y = bf.synchronize(h)
     """
 
-    __slots__ = ("id", "name", "output", "_done", "_error", "cleared")
+    __slots__ = ("id", "name", "output", "_done", "_error", "cleared", "convert")
 
     def __init__(self, name: str, output: Any = None):
         self.id = next(_ids)
@@ -28,6 +28,7 @@ class Handle:
         self._done = False      # set once by the engine; waiters poll it while driving
         self._error: Optional[BaseException] = None
         self.cleared = False
+        self.convert = None     # applied once to the output by the caller (CUDA: back to the device)
 
     def __int__(self):
         return self.id
@@ -55,4 +56,6 @@ class Handle:
         """The output, or the op's error raised here.  Call only when :meth:`done`."""
         if self._error is not None:
             raise self._error
+        if self.convert is not None:
+            self.output, self.convert = self.convert(self.output), None
         return self.output

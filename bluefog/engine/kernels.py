@@ -89,12 +89,30 @@ def _row_elements(tensor: torch.Tensor) -> int:
     return int(np.prod(tensor.shape[1:], dtype=np.int64))
 
 
-def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
-    """Concatenate every rank's tensor along dim 0; first dims may differ."""
+def gathered_dim0s(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
+    """Every rank's first dim: ``dim0s`` from negotiation, or exchanged now when it is None."""
     if dim0s is None:
         table = np.empty(comm.Get_size(), dtype=np.int64)
         yield [comm.Iallgather(np.array([tensor.shape[0]], dtype=np.int64), table)]
         dim0s = table.tolist()
+    return list(dim0s)
+
+
+def neighbor_dim0s(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int], recvs: Sequence[int],
+                   dim0s: Optional[Sequence[int]]):
+    """The first dims of what ``recvs`` send: from ``dim0s``, or exchanged now when it is None."""
+    if dim0s is not None:
+        return [dim0s[r] for r in recvs]
+    sizes = np.empty(len(recvs), dtype=np.int64)
+    mine = np.array([tensor.shape[0]], dtype=np.int64)
+    yield ([comm.Irecv(sizes[k:k + 1], source=r, tag=tag) for k, r in enumerate(recvs)]
+           + [comm.Isend(mine, dest=d, tag=tag) for d in sends])
+    return sizes.tolist()
+
+
+def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
+    """Concatenate every rank's tensor along dim 0; first dims may differ."""
+    dim0s = yield from gathered_dim0s(comm, tensor, dim0s)
     row = _row_elements(tensor)
     counts = np.array(dim0s, dtype=np.int64) * row
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -107,14 +125,7 @@ def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
 def neighbor_allgather(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int],
                        recvs: Sequence[int], dim0s: Optional[Sequence[int]]):
     """Send ``tensor`` to ``sends``; concatenate what ``recvs`` sent, in the order of ``recvs``."""
-    if dim0s is None:
-        sizes = np.empty(len(recvs), dtype=np.int64)
-        mine = np.array([tensor.shape[0]], dtype=np.int64)
-        yield ([comm.Irecv(sizes[k:k + 1], source=r, tag=tag) for k, r in enumerate(recvs)]
-               + [comm.Isend(mine, dest=d, tag=tag) for d in sends])
-        counts = sizes.tolist()
-    else:
-        counts = [dim0s[r] for r in recvs]
+    counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
     output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
     requests, start = [], 0
     for r, count in zip(recvs, counts):

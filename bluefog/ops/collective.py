@@ -2,7 +2,7 @@
 
 import torch
 
-from bluefog.engine import kernels
+from bluefog.engine import cuda, kernels
 from bluefog.engine.engine import wait_request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
                                 check_tensor, live_context, require, signature, blocking)
@@ -16,11 +16,16 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
     if average:
         require(tensor.dtype in FLOAT_DTYPES,
                 "If average is set in allreduce, only float or double tensor is allowed.")
-    output = tensor if _inplace else None     # None: the kernel allocates the result
-    job = Submission("allreduce", name, output)
+    job = Submission("allreduce", name, tensor if _inplace else None)
     comm = job.ctx.local_comm if is_hierarchical_local else job.ctx.engine.data_comm
     divisor = comm.Get_size() if average else 1
     sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
+    source = tensor
+    tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, _inplace)
+    if job.route == cuda.NCCL:
+        return job.send(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, _inplace, divisor,
+                                                           job.ready), activity="ALLREDUCE")
+    output = tensor if _inplace else None     # None: the kernel allocates the result
     return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor),
                     activity="ALLREDUCE",
                     fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
@@ -50,24 +55,28 @@ def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
     return blocking(allreduce_nonblocking_, tensor, average, is_hierarchical_local, name)
 
 
-def broadcast_nonblocking_(tensor, root_rank, name=None, _output=None):
+def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
     """In place: overwrite ``tensor`` with ``root_rank``'s value.  Returns a handle."""
     check_tensor(tensor, MOVE_DTYPES, "broadcast")
     size = live_context().size
     if not isinstance(root_rank, int) or not 0 <= root_rank < size:
         raise ValueError(f"Argument root_rank must be an int in [0, {size}), got {root_rank!r}.")
-    output = tensor if _output is None else _output
-    job = Submission("broadcast", name, output)
+    job = Submission("broadcast", name, tensor if _inplace else None)
     comm = job.ctx.engine.data_comm
     sig = signature("broadcast", tensor, int(root_rank))
+    source = tensor
+    tensor = job.place("broadcast", tensor, _inplace)
+    if job.route == cuda.NCCL:
+        return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, _inplace, root_rank,
+                                                           job.ready), activity="BROADCAST")
+    output = tensor if _inplace else torch.empty_like(tensor)
     return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
                     activity="BROADCAST")
 
 
 def broadcast_nonblocking(tensor, root_rank, name=None):
     """Out of place :func:`broadcast_nonblocking_`."""
-    check_tensor(tensor, MOVE_DTYPES, "broadcast")
-    return broadcast_nonblocking_(tensor, root_rank, name, _output=torch.empty_like(tensor))
+    return broadcast_nonblocking_(tensor, root_rank, name, _inplace=False)
 
 
 def broadcast(tensor, root_rank, name=None):
@@ -89,8 +98,13 @@ def allgather_nonblocking(tensor, name=None):
     job = Submission("allgather", name)
     comm = job.ctx.engine.data_comm
     sig = signature("allgather", tensor, tensor.dim(), with_dim0=False)
-    return job.send(sig, lambda launch: kernels.allgather(comm, tensor, launch.dim0s),
-                    dim0=tensor.shape[0], activity="ALLGATHER")
+    source = tensor
+    tensor = job.place("allgather", tensor)
+    if job.route == cuda.NCCL:
+        start = lambda launch: cuda.allgather(job.ctx.cuda, comm, source, launch.dim0s, job.ready)
+    else:
+        start = lambda launch: kernels.allgather(comm, tensor, launch.dim0s)
+    return job.send(sig, start, dim0=tensor.shape[0], activity="ALLGATHER")
 
 
 def allgather(tensor, name=None):

@@ -50,7 +50,7 @@ class Weighted:
 
     def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         work = compute_dtype(x.dtype)
-        acc = torch.zeros(x.shape, dtype=work)
+        acc = x.new_zeros(x.shape, dtype=work)
         for k, w in enumerate(self.slot_weights):
             if w != 0:
                 acc.add_(received[k].to(work), alpha=w)

@@ -7,13 +7,14 @@ from typing import Callable, Optional
 import torch
 
 from bluefog import context
-from bluefog.engine import Handle, Request
+from bluefog.engine import Handle, Request, cuda
 from bluefog.engine.request import Launch
 from bluefog.errors import ArgumentAssertionError
 
 FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 ALLREDUCE_DTYPES = (torch.int32, torch.int64) + FLOAT_DTYPES
 MOVE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + FLOAT_DTYPES
+_NOT_ON_CUDA = (torch.uint8, torch.int8, torch.int16)    # spec §3.2: CPU-only dtypes
 
 _nameless = itertools.count(1)
 _SUSPENDED = "Bluefog background thread is suspended. use bf.resume() first."
@@ -28,17 +29,20 @@ def live_context():
 
 
 def check_tensor(tensor, allowed, op: str) -> torch.Tensor:
-    """Validate the tensor argument of ``op``: a contiguous tensor of an allowed dtype."""
+    """Validate the tensor argument of ``op``: a contiguous CPU or CUDA tensor of an allowed dtype."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: argument 'tensor' must be a torch.Tensor, got {type(tensor).__name__}.")
     if not tensor.is_contiguous():
         raise ValueError("Tensor is required to be contiguous.")
-    if tensor.device.type != "cpu":
-        raise ValueError(f"{op}: argument 'tensor' is on {tensor.device}; this build communicates CPU "
-                         "tensors only, so move it with tensor.cpu() first.")
+    if tensor.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{op}: argument 'tensor' is on {tensor.device}; bluefog communicates CPU "
+                         "and CUDA tensors, so move it with tensor.cpu() first.")
+    if tensor.is_cuda:
+        allowed = tuple(d for d in allowed if d not in _NOT_ON_CUDA)
     if tensor.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise ValueError(f"Tensor type {tensor.type()} is not supported. {op} takes {names}.")
+        raise ValueError(f"Tensor type {tensor.type()} is not supported. {op} takes {names}"
+                         f"{' on CUDA' if tensor.is_cuda else ''}.")
     return tensor
 
 
@@ -64,15 +68,41 @@ class Submission:
     def __init__(self, prefix: str, name: Optional[str], output=None):
         self.ctx = live_context()
         self.handle = Handle("", output)
+        self.route = None              # for CUDA tensors: cuda.NCCL or cuda.STAGED
+        self.ready = None              # NCCL route: the event the op's GPU work waits for
         if name is None:
             name = f"noname.{next(_nameless)}"   # counts only submitted nameless ops
         elif not isinstance(name, str):
             raise TypeError(f"Argument name must be a str or None, got {type(name).__name__}.")
         self.handle.name = f"{prefix}.{name}"
 
+    def place(self, op: str, tensor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Choose the route of a CUDA ``tensor`` (the first time, collectively) and return what the
+        MPI kernels work on: ``tensor`` itself, or its host copy when staged, whose result
+        ``synchronize`` copies back (into ``tensor`` when ``inplace``).  CPU tensors pass as they are.
+        """
+        if not tensor.is_cuda:
+            return tensor
+        runtime = self.ctx.cuda
+        if runtime.needs_setup(op):
+            engine = self.ctx.engine
+            with engine.unheld():
+                blocking(Submission("cuda", "setup").send, ("cuda_setup",),
+                         lambda launch: runtime.setup(engine.data_comm, tensor.device),
+                         activity="CUDA_SETUP")
+        self.route = runtime.route(op, tensor)
+        if self.route == cuda.NCCL:
+            self.ready = self.ctx.cuda.ready_event(tensor)
+            self.handle.convert = cuda.handover
+            return tensor
+        self.handle.convert = cuda.staged_back(tensor, inplace)
+        return tensor.detach().cpu()   # waits for the work queued on the current stream
+
     def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
              recvs=None, activity: str = "OP", **fusion) -> Handle:
         """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse`` and ``nbytes``."""
+        if self.route is not None:     # ranks must agree on the route as on the device
+            sig = sig + (self.route,)
         request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
                           dim0=dim0, sends=sends, recvs=recvs, activity=activity, **fusion)
         return self.ctx.engine.submit(request)

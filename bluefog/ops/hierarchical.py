@@ -71,6 +71,7 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src
     job = Submission("neighbor.allreduce", name)
     comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allreduce", tensor, "hierarchical", False)
+    tensor = job.place("hierarchical_neighbor_allreduce", tensor)
     members = ctx.local_members
     return job.send(sig, lambda launch: kernels.hierarchical_neighbor_allreduce(
         comm, launch.tag, tensor, members, leader_sends, leader_recvs, combine),

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from bluefog.engine import kernels
+from bluefog.engine import cuda, kernels
 from bluefog.ops import combine as mix
 from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, check_float_weight,
                                 check_tensor, live_context, renamed_keywords, signature,
@@ -98,6 +98,13 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     job = Submission("neighbor.allreduce", name)
     comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allreduce", tensor, "flat", checked)
+    topology = dict(sends=frozenset(r for r, _ in sends) if checked else None,
+                    recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE")
+    source = tensor
+    tensor = job.place("neighbor_allreduce", tensor)
+    if job.route == cuda.NCCL:
+        return job.send(sig, lambda launch: cuda.neighbor_allreduce(
+            job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     fusion = {} if checked else dict(
         fusion_key=("neighbor_allreduce", tensor.dtype, tuple(sends), tuple(recvs)),
         fusion_part=(tensor, combine), nbytes=tensor.numel() * tensor.element_size(),
@@ -105,8 +112,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
             comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
     return job.send(
         sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine),
-        sends=frozenset(r for r, _ in sends) if checked else None,
-        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE", **fusion)
+        **topology, **fusion)
 
 
 @_RENAMED
@@ -148,11 +154,16 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, en
     job = Submission("neighbor.allgather", name)
     comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allgather", tensor, tensor.dim(), checked, with_dim0=False)
-    return job.send(
-        sig, lambda launch: kernels.neighbor_allgather(comm, launch.tag, tensor, sends, recvs,
-                                                       launch.dim0s),
-        dim0=tensor.shape[0], sends=frozenset(sends) if checked else None,
-        recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLGATHER")
+    source = tensor
+    tensor = job.place("neighbor_allgather", tensor)
+    if job.route == cuda.NCCL:
+        start = lambda launch: cuda.neighbor_allgather(job.ctx.cuda, comm, launch.tag, source, sends,
+                                                       recvs, launch.dim0s, job.ready)
+    else:
+        start = lambda launch: kernels.neighbor_allgather(comm, launch.tag, tensor, sends, recvs,
+                                                          launch.dim0s)
+    return job.send(sig, start, dim0=tensor.shape[0], sends=frozenset(sends) if checked else None,
+                    recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLGATHER")
 
 
 def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True, name=None):
@@ -182,7 +193,9 @@ def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=N
                else mix.weighted(float(self_weight), [float(pair_weight)]))
     job = Submission("pair.gossip", name)
     comm = job.ctx.engine.data_comm
-    return job.send(signature("pair_gossip", tensor),
+    sig = signature("pair_gossip", tensor)
+    tensor = job.place("pair_gossip", tensor)
+    return job.send(sig,
                     lambda launch: kernels.pair_gossip(comm, launch.tag, tensor, target, combine),
                     activity="PAIR_GOSSIP")
 

@@ -78,8 +78,15 @@ def case_machine_topology():
     assert is_machine_topo_weighted()
 
 
+def _nccl_expected(local_size):
+    import torch.distributed as dist
+    return bool(torch.cuda.is_available() and dist.is_nccl_available()
+                and local_size <= torch.cuda.device_count())
+
+
 def case_capabilities():
-    assert bf.nccl_built() is False
+    assert bf.nccl_built() is _nccl_expected(bf.local_size())
+    assert not torch.cuda.is_initialized()       # asking creates no CUDA context
     assert bf.mpi_threads_supported() in (True, False)
     assert isinstance(bf.unified_mpi_window_model_supported(), bool)
 

@@ -1,0 +1,338 @@
+"""CUDA tensors: the route each op takes, the NCCL process group, and the NCCL kernels.
+
+Routes
+------
+* ``nccl``: the op runs as an NCCL collective, or as grouped NCCL send / receive
+  (``batch_isend_irecv``) for neighbor ops, through a ``torch.distributed`` process group.  Work is
+  queued on a side stream that first waits for the *ready event*, recorded on the caller's current
+  stream at submission, so the op sees everything queued before the call and does not wait for
+  what the caller queues afterwards.
+* ``staged``: the tensor is copied to host memory at submission (waiting for the work queued on the
+  current stream), travels over MPI like a CPU tensor, and the result is copied back to the device
+  in ``synchronize``.
+
+The choice is made once per process, at the first CUDA collective or neighbor op, by a negotiated
+op of its own (``cuda.setup``, so a rank that passes a CPU tensor where others pass CUDA ones gets
+an error, not a hang): every rank reports its host, its GPU, whether torch has NCCL and
+``BLUEFOG_OPS_ON_CPU``.  NCCL is
+used only if every rank can and no two ranks share a GPU (NCCL refuses that: "Duplicate GPU
+detected"); otherwise every rank stages, and rank 0 logs one line saying why.
+``BLUEFOG_<OP>_BY_MPI=1`` stages single op kinds.  Hierarchical ops, pair gossip and machine-local
+allreduce are always staged.  Nothing here touches CUDA before an op is given a CUDA tensor.
+"""
+
+import contextlib
+import datetime
+import json
+import logging
+import math
+import socket
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from bluefog import config
+from bluefog.engine.device_wait import DeviceWait
+from bluefog.engine.kernels import Sends, gathered_dim0s, neighbor_dim0s, scaled
+
+logger = logging.getLogger("bluefog")
+
+NCCL = "nccl"
+STAGED = "staged"
+_RENDEZVOUS_TIMEOUT = datetime.timedelta(seconds=120)
+_RECORD_BYTES = 1024
+
+
+def nccl_available() -> bool:
+    """torch.distributed has NCCL and a CUDA device is visible (creates no CUDA context)."""
+    try:
+        import torch.distributed as dist
+        return bool(dist.is_available() and dist.is_nccl_available() and torch.cuda.is_available())
+    except Exception:      # a torch build without distributed support
+        return False
+
+
+def nccl_built(local_size: int) -> bool:
+    """Whether CUDA tensors would go over NCCL with one GPU per local rank (spec: ``nccl_built``)."""
+    if config.read().ops_on_cpu or not nccl_available():
+        return False
+    return local_size <= torch.cuda.device_count()
+
+
+def _gpu_identity(device: torch.device) -> str:
+    props = torch.cuda.get_device_properties(device)
+    uuid = getattr(props, "uuid", None)
+    return str(uuid) if uuid is not None else f"{props.name}#{device.index}"
+
+
+def _why_not_nccl(records) -> Optional[str]:
+    """Why the ranks' ``records`` rule NCCL out, or None if every rank can use it."""
+    lacking = [r for r, rec in enumerate(records) if not rec["nccl"]]
+    if lacking:
+        return f"rank(s) {lacking} have no NCCL in torch.distributed"
+    if any(rec["ops_on_cpu"] for rec in records):
+        return "BLUEFOG_OPS_ON_CPU=1"
+    owners = {}
+    for r, rec in enumerate(records):
+        key = (rec["host"], rec["gpu"])
+        if key in owners:
+            return (f"ranks {owners[key]} and {r} share one GPU on {rec['host']} (NCCL needs one GPU "
+                    "per rank)")
+        owners[key] = r
+    return None
+
+
+class CudaRuntime:
+    """Per-process CUDA state: the route decision, the NCCL group and the side streams.
+
+    Example::
+
+        runtime = CudaRuntime(rank=0, size=1, ops_on_cpu=False)
+        if not runtime.decided:
+            ...                                        # run runtime.setup(...) as a negotiated op
+        route = runtime.route("allreduce", tensor)     # "nccl" or "staged"
+    """
+
+    def __init__(self, rank: int, size: int, ops_on_cpu: bool):
+        self.rank = rank
+        self.size = size
+        self.ops_on_cpu = ops_on_cpu
+        self.decided = False
+        self.nccl = False
+        self.reason = ""                # why CUDA tensors are staged, once decided
+        self.device: Optional[torch.device] = None
+        self.group = None               # None: the default process group
+        self.stats = {NCCL: 0, STAGED: 0}
+        self._created_default = False
+        self._streams = {}
+
+    # ------------------------------------------------------------------ the route
+    def needs_setup(self, op: str) -> bool:
+        """Whether ``op`` on a CUDA tensor must first run :meth:`setup` (on every rank)."""
+        return not self.decided and op in config.BY_MPI
+
+    def route(self, op: str, tensor: torch.Tensor) -> str:
+        """``NCCL`` or ``STAGED`` for ``op`` on CUDA ``tensor`` (after :meth:`setup`)."""
+        nccl = (self.nccl and op in config.BY_MPI and tensor.device == self.device
+                and not config.by_mpi(op))
+        route = NCCL if nccl else STAGED
+        self.stats[route] += 1
+        return route
+
+    def setup(self, comm, device: torch.device):
+        """Kernel, run once on every rank as a negotiated op: agree on NCCL or staging, and start the
+        NCCL process group if every rank can use it."""
+        dist = _dist()
+        store = None
+        mine = {"host": socket.gethostname(), "gpu": _gpu_identity(device),
+                "nccl": nccl_available(), "ops_on_cpu": self.ops_on_cpu, "port": 0}
+        if self.rank == 0 and mine["nccl"] and not self.ops_on_cpu:
+            store = dist.TCPStore("0.0.0.0", 0, self.size, True, _RENDEZVOUS_TIMEOUT,
+                                  wait_for_workers=False)
+            mine["port"] = store.port
+        records = yield from _allgather_json(comm, mine)
+        reason = _why_not_nccl(records)
+        if reason is None:
+            failure = None
+            try:
+                self._create_group(device, records, store)
+            except Exception as error:      # reported on every rank below, then staged
+                failure = f"NCCL could not start on rank {self.rank}: {error}"
+            failures = [f for f in (yield from _allgather_json(comm, failure)) if f]
+            if failures:
+                reason = failures[0]
+                self.close()
+        self.decided = True
+        if reason is None:
+            self.nccl, self.device = True, device
+            if self.rank == 0:
+                logger.info("bluefog: CUDA tensors go over NCCL (%d ranks, one GPU each).", self.size)
+        else:
+            self.reason = reason
+            if self.rank == 0:
+                level = logging.INFO if self.ops_on_cpu else logging.WARNING
+                logger.log(level, "bluefog: CUDA tensors are staged through host memory over MPI: "
+                           "%s.", reason)
+        return None
+
+    def _create_group(self, device: torch.device, records, store):
+        dist = _dist()
+        if store is None:
+            host0 = records[0]["host"]
+            address = "127.0.0.1" if host0 == socket.gethostname() else socket.gethostbyname(host0)
+            store = dist.TCPStore(address, records[0]["port"], self.size, False, _RENDEZVOUS_TIMEOUT)
+        if dist.is_initialized():
+            if dist.get_world_size() != self.size:
+                raise RuntimeError(f"the default process group has {dist.get_world_size()} ranks, "
+                                   f"the bluefog job {self.size}")
+            self.group = dist.new_group(ranks=list(range(self.size)), backend="nccl")
+        else:
+            dist.init_process_group("nccl", store=store, rank=self.rank, world_size=self.size,
+                                    timeout=_RENDEZVOUS_TIMEOUT, device_id=device)
+            self._created_default = True
+
+    def close(self):
+        """Destroy the process group bluefog created (at shutdown)."""
+        if not (self.group is not None or self._created_default):
+            return
+        dist = _dist()
+        try:
+            if self.group is not None:
+                dist.destroy_process_group(self.group)
+            elif self._created_default and dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:      # shutting down: nothing useful to report
+            pass
+        self.group, self._created_default, self.nccl = None, False, False
+
+    # ------------------------------------------------------------------ streams
+    def ready_event(self, tensor: torch.Tensor) -> torch.cuda.Event:
+        """An event on the caller's current stream: the NCCL work waits for it."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(tensor.device))
+        return event
+
+    @contextlib.contextmanager
+    def launching(self, device: torch.device, ready: Optional[torch.cuda.Event]):
+        """Queue work on this device's side stream, after ``ready``; yields the stream.  Never keep
+        it open across a ``yield`` of a kernel (another thread may resume the kernel)."""
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device=device)
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            if ready is not None:
+                stream.wait_event(ready)
+            yield stream
+
+
+def handover(output):
+    """In ``synchronize`` (the caller's thread): outputs made on the side stream may be used on the
+    caller's stream; tell the caching allocator so it does not reuse their memory too early."""
+    for tensor in output if isinstance(output, (list, tuple)) else [output]:
+        if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+            tensor.record_stream(torch.cuda.current_stream(tensor.device))
+    return output
+
+
+def staged_back(device_tensor: torch.Tensor, inplace: bool):
+    """The ``synchronize`` step of a staged op: copy the host result to the device."""
+    def back(host_output):
+        if inplace:
+            with torch.no_grad():
+                return device_tensor.copy_(host_output)
+        return host_output.to(device_tensor.device)
+    return back
+
+
+def _allgather_json(comm, value):
+    """Kernel step: every rank's JSON-able ``value``, in rank order."""
+    data = json.dumps(value).encode()
+    if len(data) > _RECORD_BYTES:
+        raise ValueError(f"setup record too long: {data[:80]!r}...")
+    mine = np.zeros(_RECORD_BYTES, dtype=np.uint8)
+    mine[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    table = np.empty((comm.Get_size(), _RECORD_BYTES), dtype=np.uint8)
+    yield [comm.Iallgather(mine, table)]
+    return [json.loads(row.tobytes().rstrip(b"\0").decode()) for row in table]
+
+
+def _finished(stream) -> DeviceWait:
+    done = torch.cuda.Event()
+    done.record(stream)
+    return DeviceWait([done])
+
+
+def _dist():
+    import torch.distributed as dist
+    return dist
+
+
+# ---------------------------------------------------------------------- NCCL kernels
+def allreduce(rt: CudaRuntime, tensor: torch.Tensor, inplace: bool, divisor: int, ready):
+    """Sum over every rank (``tensor`` itself when ``inplace``), then divide by ``divisor``."""
+    dist = _dist()
+    with rt.launching(tensor.device, ready) as stream:
+        output = tensor if inplace else tensor.clone()
+        dist.all_reduce(output, group=rt.group, async_op=True).wait()
+        if divisor > 1:
+            output.div_(divisor)
+        done = _finished(stream)
+    yield done
+    return output
+
+
+def broadcast(rt: CudaRuntime, tensor: torch.Tensor, inplace: bool, root: int, ready):
+    """``root``'s tensor on every rank."""
+    dist = _dist()
+    with rt.launching(tensor.device, ready) as stream:
+        output = tensor if inplace else tensor.clone()
+        dist.broadcast(output, src=root, group=rt.group, async_op=True).wait()
+        done = _finished(stream)
+    yield done
+    return output
+
+
+def allgather(rt: CudaRuntime, comm, tensor: torch.Tensor, dim0s, ready):
+    """Concatenation along dim 0; uneven first dims travel padded to the longest."""
+    dist = _dist()
+    dim0s = yield from gathered_dim0s(comm, tensor, dim0s)
+    rest, longest = tuple(tensor.shape[1:]), max(dim0s)
+    with rt.launching(tensor.device, ready) as stream:
+        if longest == 0 or math.prod(rest) == 0:
+            output = tensor.new_empty((sum(dim0s),) + rest)
+        else:
+            padded = tensor
+            if tensor.shape[0] < longest:
+                padded = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0],) + rest)])
+            gathered = tensor.new_empty((len(dim0s) * longest,) + rest)
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            gather(gathered, padded, group=rt.group, async_op=True).wait()
+            output = gathered
+            if min(dim0s) != longest:
+                output = torch.cat([gathered[r * longest:r * longest + d] for r, d in enumerate(dim0s)])
+        done = _finished(stream)
+    yield done
+    return output
+
+
+def _exchange(rt: CudaRuntime, outgoing: Sequence, incoming: Sequence):
+    """Grouped NCCL sends of (rank, tensor) ``outgoing`` and receives into (rank, buffer)
+    ``incoming``; the current stream then waits for them.  Empty tensors are left out (both sides
+    know the sizes)."""
+    dist = _dist()
+    ops = [dist.P2POp(dist.irecv, buf, r, group=rt.group) for r, buf in incoming if buf.numel()]
+    ops += [dist.P2POp(dist.isend, t, r, group=rt.group) for r, t in outgoing if t.numel()]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def neighbor_allreduce(rt: CudaRuntime, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
+                       combine, ready):
+    """Weighted exchange with neighbors over NCCL, then ``combine(tensor, received_slots)``."""
+    with rt.launching(tensor.device, ready) as stream:
+        slots = tensor.new_empty((len(recvs),) + tuple(tensor.shape))
+        outgoing = [(d, scaled(tensor, w).contiguous()) for d, w in sends]
+        _exchange(rt, outgoing, list(zip(recvs, slots)))
+        output = combine(tensor, slots)
+        done = _finished(stream)
+    yield done
+    return output
+
+
+def neighbor_allgather(rt: CudaRuntime, comm, tag: int, tensor: torch.Tensor, sends: Sequence[int],
+                       recvs: Sequence[int], dim0s, ready):
+    """What ``recvs`` sent, concatenated along dim 0 in the order of ``recvs``."""
+    counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
+    with rt.launching(tensor.device, ready) as stream:
+        output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
+        incoming, start = [], 0
+        for r, count in zip(recvs, counts):
+            incoming.append((r, output[start:start + count]))
+            start += count
+        _exchange(rt, [(d, tensor) for d in sends], incoming)
+        done = _finished(stream)
+    yield done
+    return output
+
