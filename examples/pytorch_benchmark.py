@@ -40,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--ranks-per-machine", type=int, default=0,
                         help="treat every N consecutive ranks as one machine (for the hierarchical "
                              "optimizer on one host)")
+    parser.add_argument("--no-cuda", action="store_true",
+                        help="run on the CPU even where CUDA is available")
     return parser.parse_args(argv)
 
 
@@ -92,12 +94,15 @@ def one_peer(kind, optimizer):
 def benchmark(args, kind):
     """(mean, half-width) of this rank's samples per second with optimizer ``kind``."""
     torch.manual_seed(bf.rank())
-    model = make_model(args.model)
+    device = torch.device("cpu")
+    if not args.no_cuda and torch.cuda.is_available():
+        device = torch.device("cuda", bf.local_rank() % torch.cuda.device_count())
+    model = make_model(args.model).to(device)
     bf.broadcast_parameters(model.state_dict(), root_rank=0)
     base = torch.optim.SGD(model.parameters(), lr=0.01)
     optimizer = make_optimizer(kind, args.atc_style, model, base)
-    data = torch.randn(args.batch_size, 1, 28, 28)
-    target = torch.randint(0, 10, (args.batch_size,))
+    data = torch.randn(args.batch_size, 1, 28, 28, device=device)
+    target = torch.randint(0, 10, (args.batch_size,), device=device)
     schedule = one_peer(kind, optimizer) if args.dynamic_topology else (lambda batch: None)
     batch = 0
 
@@ -109,6 +114,8 @@ def benchmark(args, kind):
             optimizer.zero_grad()
             F.cross_entropy(model(data), target).backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     train_batches(args.num_warmup_batches)
     bf.barrier()

@@ -52,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-cuda", action="store_true",
+                        help="train on the CPU even where CUDA is available (default: GPU "
+                             "local_rank %% device_count when there is one)")
     return parser.parse_args(argv)
 
 
@@ -170,10 +173,13 @@ def main(argv=None):
             return 2
         bf.set_machine_topology(bf.ExponentialGraph(bf.machine_size()))
     torch.manual_seed(args.seed + bf.rank())
-    x_train, y_train, x_test, y_test = load_digits_split(args.seed)
+    device = torch.device("cpu")
+    if not args.no_cuda and torch.cuda.is_available():
+        device = torch.device("cuda", bf.local_rank() % torch.cuda.device_count())
+    x_train, y_train, x_test, y_test = (t.to(device) for t in load_digits_split(args.seed))
     x_train, y_train = x_train[bf.rank()::bf.size()], y_train[bf.rank()::bf.size()]
 
-    model = MLP(args.hidden)
+    model = MLP(args.hidden).to(device)
     bf.broadcast_parameters(model.state_dict(), root_rank=0)
     base = torch.optim.SGD(model.parameters(), lr=args.lr * bf.size(), momentum=args.momentum)
     optimizer = make_optimizer(args, model, base)
@@ -183,12 +189,12 @@ def main(argv=None):
         style = "ATC" if args.atc_style else "AWC"
         print(f"{bf.size()} ranks, {args.dist_optimizer} ({style}"
               f"{', dynamic topology' if schedule else ''}), {len(y_train)} training images per "
-              f"rank, {len(y_test)} test images", flush=True)
+              f"rank, {len(y_test)} test images, on {device}", flush=True)
 
     shuffle = torch.Generator().manual_seed(args.seed + 1000 * bf.rank())
     batches = (len(y_train) + args.batch_size - 1) // args.batch_size
     for epoch in range(1, args.epochs + 1):
-        order = torch.randperm(len(y_train), generator=shuffle)
+        order = torch.randperm(len(y_train), generator=shuffle).to(device)
         total = 0.0
         for b in range(batches):
             if schedule is not None:

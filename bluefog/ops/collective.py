@@ -25,7 +25,7 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
     if job.route == cuda.NCCL:
         return job.send(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, _inplace, divisor,
                                                            job.ready), activity="ALLREDUCE")
-    output = tensor if _inplace else None     # None: the kernel allocates the result
+    output = tensor if _inplace or job.staged else None     # None: the kernel allocates it
     return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor),
                     activity="ALLREDUCE",
                     fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
@@ -69,7 +69,7 @@ def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
     if job.route == cuda.NCCL:
         return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, _inplace, root_rank,
                                                            job.ready), activity="BROADCAST")
-    output = tensor if _inplace else torch.empty_like(tensor)
+    output = tensor if _inplace or job.staged else torch.empty_like(tensor)
     return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
                     activity="BROADCAST")
 

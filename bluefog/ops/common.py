@@ -96,7 +96,12 @@ class Submission:
             self.handle.convert = cuda.handover
             return tensor
         self.handle.convert = cuda.staged_back(tensor, inplace)
-        return tensor.detach().cpu()   # waits for the work queued on the current stream
+        return cuda.to_host(tensor)
+
+    @property
+    def staged(self) -> bool:
+        """The op works on a private host copy of a CUDA tensor (so it may work in place on it)."""
+        return self.route == cuda.STAGED
 
     def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
              recvs=None, activity: str = "OP", **fusion) -> Handle:
