@@ -74,7 +74,17 @@ def test_bad_start_timeout_and_tolerant_log_level(clean_env):
 def test_unknown_names(clean_env):
     clean_env.setenv("BLUEFOG_TIMELIEN", "typo")
     clean_env.setenv("BLUEFOG_WIN_ON_GPU", "1")           # known, without effect here
+    clean_env.setenv("BLUEFOG_NEIGHBOR_ALLREDUCE_BY_MPI", "1")
     assert config.unknown_names() == ["BLUEFOG_TIMELIEN"]
+
+
+def test_per_op_mpi_switches(clean_env):
+    assert not any(config.by_mpi(op) for op in config.BY_MPI)
+    clean_env.setenv("BLUEFOG_BROADCAST_BY_MPI", "1")
+    assert [op for op in config.BY_MPI if config.by_mpi(op)] == ["broadcast"]
+    clean_env.setenv("BLUEFOG_ALLGATHER_BY_MPI", "sometimes")
+    with pytest.raises(ValueError, match="BLUEFOG_ALLGATHER_BY_MPI='sometimes' is not a switch"):
+        config.by_mpi("allgather")
 
 
 def _run(code, *, np_=1, timeout=120, **env):
