@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
+from bluefog.packing import pack, split_like
 
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
 
@@ -204,41 +205,16 @@ def barrier(comm):
     return None
 
 
-def _flat(tensors, dtype: torch.dtype, read_only: bool = False) -> torch.Tensor:
-    """One contiguous buffer holding every tensor, in ``dtype`` (a single copy in).
-
-    With ``read_only``, tensors that already lie back to back in one storage (as parameters do
-    after a fused step has made them views of one output) are used in place, without the copy.
-    """
-    if read_only and tensors[0].dtype == dtype:
-        span = _adjacent_span(tensors)
-        if span is not None:
-            return span
-    return torch.cat([t.reshape(-1).to(dtype) for t in tensors])
-
-
-def _adjacent_span(tensors) -> Optional[torch.Tensor]:
-    """A 1-D view over ``tensors`` if they are contiguous and consecutive in one storage."""
-    storage = tensors[0].untyped_storage()
-    start = end = tensors[0].storage_offset()
-    for t in tensors:
-        if (not t.is_contiguous() or t.storage_offset() != end
-                or t.untyped_storage().data_ptr() != storage.data_ptr()):
-            return None
-        end += t.numel()
-    return tensors[0].new_empty(0).set_(storage, start, (end - start,))
-
-
 def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
                     divisor: int):
     """:func:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
     new results are views of one fused allocation."""
     MPI = mpi()
-    work = _flat([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
+    work = pack([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
     yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
     if divisor > 1:
         work.div_(divisor)
-    results = _split(work.to(parts[0][0].dtype), [t for t, _ in parts])
+    results = split_like(work.to(parts[0][0].dtype), [t for t, _ in parts])
     for (_, output), result in zip(parts, results):
         if output is not None:      # in place: the caller's tensor receives the result
             output.copy_(result)
@@ -250,11 +226,11 @@ def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor,
     """:func:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
     neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
     outputs are views of one allocation; otherwise each part is combined on views of what arrived."""
-    flat = _flat([t for t, _ in parts], parts[0][0].dtype, read_only=True)
+    flat = pack([t for t, _ in parts], parts[0][0].dtype, read_only=True)
     slots = yield from exchange(comm, tag, flat, sends, recvs)
     combine = parts[0][1]
     if all(c == combine for _, c in parts):
-        outputs = _split(combine(flat, slots), [t for t, _ in parts])
+        outputs = split_like(combine(flat, slots), [t for t, _ in parts])
     else:
         outputs, start = [], 0
         for tensor, combine in parts:
@@ -263,13 +239,4 @@ def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor,
             outputs.append(combine(tensor, received))
             start += size
     scratch.give(slots)
-    return outputs
-
-
-def _split(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list:
-    """Views of ``flat`` shaped like each tensor of ``like``, in order."""
-    outputs, start = [], 0
-    for tensor in like:
-        outputs.append(flat[start:start + tensor.numel()].view(tensor.shape))
-        start += tensor.numel()
     return outputs

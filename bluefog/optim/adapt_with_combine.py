@@ -38,10 +38,16 @@ class ForwardTriggeredOptimizer(DistributedOptimizer):
             self._hooks.append(model.register_forward_hook(weak_callback(self._after_forward)))
 
     def _after_forward(self, model, inputs, output):
-        with submission_batch():   # every parameter's op reaches negotiation in one round
-            for owner, name, p in self._owned.get(id(model), ()):
-                if owner.training and p.requires_grad and self._count(p):
-                    self._begin(p, lambda p=p, name=name: self._launch(p, name))
+        due = [(name, p) for owner, name, p in self._owned.get(id(model), ())
+               if owner.training and p.requires_grad and self._count(p)]
+        if due:
+            with submission_batch():   # every op reaches negotiation in one round
+                self._launch_due(due)
+
+    def _launch_due(self, due):
+        """Start the communication of every (name, parameter) in ``due``: one op each."""
+        for name, p in due:
+            self._begin(p, lambda p=p, name=name: self._launch(p, name))
 
     def _launch(self, p, name):
         raise NotImplementedError

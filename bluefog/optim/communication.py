@@ -18,10 +18,11 @@ import enum
 from bluefog.errors import ArgumentAssertionError
 
 from bluefog.ops.collective import allreduce_nonblocking
-from bluefog.ops.common import synchronize
+from bluefog.ops.common import live_context, synchronize
 from bluefog.ops.hierarchical import hierarchical_neighbor_allreduce_nonblocking
 from bluefog.ops.neighbor import neighbor_allreduce_nonblocking
 from bluefog.optim.wrapper import set_parameter
+from bluefog.packing import adjacent_span, pack, split_like
 
 
 class CommunicationType(enum.Enum):
@@ -101,6 +102,7 @@ class CollectiveKnobs:
         self.src_machine_weights = None
         self.dst_machine_weights = None
         self.enable_topo_check = False
+        self._packed_runs = (None, [])
 
     @property
     def communication_type(self):
@@ -121,6 +123,76 @@ class CollectiveKnobs:
         averager = COLLECTIVE_AVERAGERS[self._communication_type]
         return averager, averager.launch(p.data, name, self)
 
+    def _launch_due(self, due):
+        """One op per run of parameters of one dtype and device (up to the fusion threshold)
+        instead of one per parameter: the per-op cost of launching, synchronizing and negotiating
+        is paid once per run.  Per-parameter ops while the timeline records them, or with fusion
+        off (``BLUEFOG_FUSION_THRESHOLD=0``)."""
+        averager = COLLECTIVE_AVERAGERS[self._communication_type]
+        limit = live_context().settings.fusion_threshold
+        if self._timeline or not limit or isinstance(averager, EmptyAverager):
+            return super()._launch_due(due)
+        key = (tuple((id(p), p.dtype, p.get_device()) for _, p in due), limit)
+        if self._packed_runs[0] != key:      # the same parameters every step: plan once
+            self._packed_runs = (key, packed_runs([p for _, p in due], limit))
+        for run in self._packed_runs[1]:
+            if len(run) == 1:
+                super()._launch_due([due[run[0]]])
+                continue
+            names = [due[k][0] for k in run]
+            packed = PackedLaunch(averager, [due[k][1].data for k in run],
+                                  f"{names[0]}..{names[-1]}", self)
+            for i, k in enumerate(run):
+                self._handles[due[k][1]] = (packed, i)
+        return None
+
     def _finish(self, p, token):
-        averager, pending = token
-        set_parameter(p, averager.finish(pending))
+        source, key = token            # (averager, its token) or (PackedLaunch, index)
+        set_parameter(p, source.finish(key))
+
+
+class PackedLaunch:
+    """One averaging op for several tensors of one dtype and device, sent as one flat buffer.
+
+    When the tensors already lie back to back in one storage (parameters do after the first packed
+    step), that memory is sent as it is and the result is copied back into it: one copy instead of
+    re-pointing every parameter.  Otherwise they are packed into a new buffer and each gets a view
+    of the result (which makes them lie back to back from then on).
+    """
+
+    __slots__ = ("averager", "token", "like", "span", "outputs")
+
+    def __init__(self, averager, tensors, name, knobs):
+        self.averager, self.like, self.outputs = averager, tensors, None
+        self.span = adjacent_span(tensors)
+        flat = self.span if self.span is not None else pack(tensors, tensors[0].dtype)
+        self.token = averager.launch(flat, name, knobs)
+
+    def finish(self, index):
+        """The new value of tensor ``index``, or None when it was written in place (the op is
+        waited for once)."""
+        if self.outputs is None:
+            result = self.averager.finish(self.token)
+            if self.span is not None:
+                self.span.copy_(result)
+                self.outputs = [None] * len(self.like)
+            else:
+                self.outputs = split_like(result, self.like)
+        return self.outputs[index]
+
+
+def packed_runs(tensors, limit_bytes: int):
+    """Indices of ``tensors`` in runs of consecutive tensors of one dtype and device, each run at
+    most ``limit_bytes`` (a larger tensor is a run of its own)."""
+    runs, run, run_bytes = [], [], 0
+    for k, t in enumerate(tensors):
+        nbytes = t.numel() * t.element_size()
+        if run and ((t.dtype, t.device) != (tensors[run[0]].dtype, tensors[run[0]].device)
+                    or run_bytes + nbytes > limit_bytes):
+            runs.append(run)
+            run, run_bytes = [], 0
+        run.append(k)
+        run_bytes += nbytes
+    if run:
+        runs.append(run)
+    return runs

@@ -862,3 +862,44 @@ def case_optimizers_record_communication_in_the_timeline():
             assert (row, "COMMUNICATE") in spans, (row, sorted(spans))
     finally:
         tracer.stop()
+
+
+def case_packed_launch_matches_one_op_per_parameter():
+    """AWC sends a model's parameters as one op per dtype run (the per-parameter path is what the
+    timeline-recording optimizer uses): same numbers, bitwise, over steps that pack by copying
+    (first step) and in place (later steps, once the parameters share one buffer)."""
+    from bluefog.optim.adapt_with_combine import ForwardTriggeredOptimizer
+    import types
+
+    def train(per_parameter):
+        torch.manual_seed(11)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        opt = bf.DistributedAdaptWithCombineOptimizer(torch.optim.SGD(model.parameters(), lr=LR),
+                                                      model=model)
+        if per_parameter:
+            opt._launch_due = types.MethodType(ForwardTriggeredOptimizer._launch_due, opt)
+        for step in range(3):
+            x, y = batch(bf.rank(), step)
+            loss = F.mse_loss(model(x.to(model[0].weight.dtype)), y.to(model[0].weight.dtype))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        opt.remove_hooks()
+        return model
+
+    from bluefog import context
+    stats = context.current().engine.stats
+    before = dict(stats)
+    packed = train(False)
+    packed_stats = {k: stats[k] - before[k] for k in stats}
+    before = dict(stats)
+    reference = train(True)
+    reference_stats = {k: stats[k] - before[k] for k in stats}
+    for p, q in zip(packed.parameters(), reference.parameters()):
+        assert torch.equal(p.detach(), q.detach()), (p, q)
+    if bf.size() > 1:   # 3 steps: one packed op each, against 4 per-parameter ops fused by the engine
+        assert packed_stats == {"kernels": 3, "fused_requests": 0}, packed_stats
+        assert reference_stats == {"kernels": 3, "fused_requests": 12}, reference_stats
+        ptrs = [p.data_ptr() for p in packed.parameters()]
+        sizes = [p.numel() * p.element_size() for p in packed.parameters()]
+        assert all(ptrs[k] + sizes[k] == ptrs[k + 1] for k in range(len(ptrs) - 1)), ptrs
