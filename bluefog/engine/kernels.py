@@ -92,9 +92,10 @@ def _row_elements(tensor: torch.Tensor) -> int:
 
 def gathered_dim0s(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
     """Every rank's first dim: ``dim0s`` from negotiation, or exchanged now when it is None."""
-    if dim0s is None:
+    if dim0s is None:      # buffers stay referenced until the request completes: MPI reads them
+        mine = np.array([tensor.shape[0]], dtype=np.int64)
         table = np.empty(comm.Get_size(), dtype=np.int64)
-        yield [comm.Iallgather(np.array([tensor.shape[0]], dtype=np.int64), table)]
+        yield [comm.Iallgather(mine, table)]
         dim0s = table.tolist()
     return list(dim0s)
 

@@ -222,8 +222,8 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
         return decision
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)
-    lengths = np.empty(layout.size, dtype=np.int64)
-    yield [comm.Iallgather(np.array([payload.size], dtype=np.int64), lengths)]
+    length, lengths = np.array([payload.size], dtype=np.int64), np.empty(layout.size, dtype=np.int64)
+    yield [comm.Iallgather(length, lengths)]   # (kept referenced until complete)
     displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     gathered = np.empty(int(lengths.sum()), dtype=np.uint8)
     yield [comm.Iallgatherv(payload, [gathered, lengths, displs, MPI.BYTE])]

@@ -87,8 +87,9 @@ def _agree(comm, name: str, sig: tuple, launch):
     with negotiation skipped, compare them here so a mismatch is a ValueError on every rank."""
     if launch.dim0s is not None:
         return True
+    mine = np.array([_signature_digest(sig)], dtype=np.int64)   # referenced until complete
     table = np.empty(comm.Get_size(), dtype=np.int64)
-    yield [comm.Iallgather(np.array([_signature_digest(sig)], dtype=np.int64), table)]
+    yield [comm.Iallgather(mine, table)]
     if not bool((table == table[0]).all()):
         raise ValueError(f"win_create: ranks passed tensors of different shapes or dtypes for "
                          f"window '{name}' (this rank: shape {sig[3]}, {sig[1]} on {sig[2]}). "
