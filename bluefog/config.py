@@ -121,6 +121,11 @@ def start_timeout() -> float:
     return _number(START_TIMEOUT, float, 600.0, 1.0)
 
 
+def ops_on_cpu() -> bool:
+    """``BLUEFOG_OPS_ON_CPU``, read now."""
+    return _flag(OPS_ON_CPU)
+
+
 def by_mpi(op: str) -> bool:
     """``BLUEFOG_<OP>_BY_MPI`` for ``op`` (a key of :data:`BY_MPI`), read now."""
     return _flag(BY_MPI[op])
@@ -148,6 +153,6 @@ def read() -> Settings:
         cycle_time_ms=_number(CYCLE_TIME, float, Settings.cycle_time_ms, 0.0),
         mpi_thread_level=mpi_thread_level(),
         nodes_per_machine=_number(NODES_PER_MACHINE, int, None, 1),
-        ops_on_cpu=_flag(OPS_ON_CPU),
+        ops_on_cpu=ops_on_cpu(),
         max_win_sent_length=_number(MAX_WIN_SENT_LENGTH, int, Settings.max_win_sent_length, 1),
     )

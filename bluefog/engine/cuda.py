@@ -55,7 +55,7 @@ def nccl_available() -> bool:
 
 def nccl_built(local_size: int) -> bool:
     """Whether CUDA tensors would go over NCCL with one GPU per local rank (spec: ``nccl_built``)."""
-    if config.read().ops_on_cpu or not nccl_available():
+    if config.ops_on_cpu() or not nccl_available():
         return False
     return local_size <= torch.cuda.device_count()
 
