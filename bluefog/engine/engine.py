@@ -125,7 +125,7 @@ class Engine:
         self._layout = negotiation.Layout(self.size)
         self._cycle = cycle_time_ms / 1000.0
         self._fusion_threshold = fusion_threshold
-        self.stats = {"kernels": 0, "fused_requests": 0}   # for tests and benchmarks
+        self.stats = {"kernels": 0, "fused_requests": 0, "carried": 0}   # for tests, benchmarks
         self.skip_negotiation = False
         self.suspended = False        # bf.suspend(): the background thread sleeps
 
@@ -314,6 +314,7 @@ class Engine:
             self._pending.remove(req)
             self._finish(req, error=error)
         group, group_bytes, group_dim0s = [], 0, None
+        carried = decision.carried    # belongs to ready[0], which then runs alone
         for req, dim0s, fuses in decision.ready:
             self._pending.remove(req)
             if group and fuses and group_bytes + req.nbytes <= self._fusion_threshold:
@@ -321,11 +322,12 @@ class Engine:
                 group_bytes += req.nbytes
                 continue
             if group:
-                self._launch(group, group_dim0s, negotiated=True)
+                self._launch(group, group_dim0s, negotiated=True, carried=carried)
+                carried = None
             group, group_bytes = [req], req.nbytes
             group_dim0s = dim0s
         if group:
-            self._launch(group, group_dim0s, negotiated=True)
+            self._launch(group, group_dim0s, negotiated=True, carried=carried)
         if decision.empty():
             self._unproductive += 1
             self._next_round = time.monotonic() + max(self._cycle, min(0.05, 1e-4 * self._unproductive))
@@ -336,14 +338,17 @@ class Engine:
         else:
             self._unproductive = 0
 
-    def _launch(self, group: List[Request], dim0s, negotiated: bool):
+    def _launch(self, group: List[Request], dim0s, negotiated: bool, carried=None):
         """Start one kernel for ``group`` (one request, or several fused ones)."""
         req = group[0]
         self.stats["kernels"] += 1
         if len(group) > 1:
             self.stats["fused_requests"] += len(group)
+        if carried is not None:
+            self.stats["carried"] += 1
         if negotiated:
-            launch = Launch(seq=self._seq, tag=64 + self._seq % self._tag_span, dim0s=dim0s)
+            launch = Launch(seq=self._seq, tag=64 + self._seq % self._tag_span, dim0s=dim0s,
+                            carried=carried)
         else:
             launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
         self._seq += 1

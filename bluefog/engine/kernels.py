@@ -139,25 +139,39 @@ def neighbor_allgather(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int
 
 
 def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
-             wire_dtype: Optional[torch.dtype] = None):
+             wire_dtype: Optional[torch.dtype] = None, carried=None):
     """Send (weighted copies of) ``tensor``; receive one tensor of its shape from each of ``recvs``.
 
     Returns the received slots stacked in the order of ``recvs`` (shape ``(len(recvs),) + shape``),
-    a scratch buffer: hand it back with ``scratch.give`` once it is no longer needed.
+    a scratch buffer: hand it back with ``scratch.give`` once it is no longer needed.  What
+    ``carried`` (a ``negotiation.Carried``) says already moved with the round is not sent again.
     """
     dtype = wire_dtype or tensor.dtype
     slots = scratch.take((len(recvs),) + tuple(tensor.shape), dtype)
+    received = carried.received if carried is not None else {}
+    delivered = carried.delivered if carried is not None else ()
+    sends = [(d, w) for d, w in sends if d not in delivered]
     outgoing = [scaled(tensor, w).to(dtype) for _, w in sends]
-    requests = [comm.Irecv(wire(slots[k]), source=r, tag=tag) for k, r in enumerate(recvs)]
+    requests = []
+    for k, r in enumerate(recvs):
+        if r in received:
+            wire(slots[k]).reshape(-1).view(np.uint8)[:] = received[r]
+        else:
+            requests.append(comm.Irecv(wire(slots[k]), source=r, tag=tag))
     requests += [comm.Isend(wire(t), dest=d, tag=tag) for (d, _), t in zip(sends, outgoing)]
     yield requests
     return slots
 
 
+def carry(tensor: torch.Tensor, sends: Sends):
+    """What a neighbor op sends each destination, as bytes (``Request.carry``)."""
+    return {d: wire(scaled(tensor, w)).reshape(-1).view(np.uint8) for d, w in sends}
+
+
 def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
-                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], carried=None):
     """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``."""
-    slots = yield from exchange(comm, tag, tensor, sends, recvs)
+    slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
     output = combine(tensor, slots)
     scratch.give(slots)
     return output

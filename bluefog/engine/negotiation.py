@@ -16,11 +16,17 @@ without further messages:
 
 A round is a collective only among ranks that have work, which is fine: every negotiated op needs
 every rank, so a rank with nothing pending holds everybody up anyway.
+
+*Carried data*: in point-to-point rounds, a rank whose only pending op is a small neighbor op
+(``Request.carry``, at most ``CARRY_MAX`` bytes) appends that op's data for each destination to the
+round message it sends there, and says so in its record (a bitmap of the destinations).  When the
+round decides that op, it needs no second exchange: receivers take what arrived with the records,
+senders skip what they already delivered, and both read the same bitmaps, so they agree.
 """
 
 import dataclasses
 import pickle
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +37,7 @@ MAX_HEADS = 128
 P2P_ROUND_LIMIT = 32   # up to this many ranks a round is point-to-point (one hop) not Iallgather
 ROUND_TAG = 1
 MAX_SLOW_SUMMARIES = 512
+CARRY_MAX = 16 * 1024   # bytes of op data that may ride with a round record
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
 
@@ -42,9 +49,18 @@ class Decision:
     ready: List[Tuple[Request, Tuple[int, ...], bool]] = dataclasses.field(default_factory=list)
     errors: List[Tuple[Request, Exception]] = dataclasses.field(default_factory=list)
     stuck: Optional[str] = None   # set when every rank is blocked and nothing can run
+    carried: Optional["Carried"] = None   # data of ready[0] that came with the records
 
     def empty(self) -> bool:
         return not self.ready and not self.errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Carried:
+    """What moved with a round's records for the op it decided first (see the module docstring)."""
+
+    received: Dict[int, np.ndarray]   # source rank -> the bytes of its data for this rank
+    delivered: FrozenSet[int]         # ranks this rank already sent its data to
 
 
 def _bitmap(ranks, words: int) -> List[int]:
@@ -75,23 +91,28 @@ def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[i
 class Layout:
     """The round record of a world of ``size`` ranks, with buffers reused every round.
 
-    A record is ``[blocked, head count, topology flag, send bitmap, receive bitmap, heads...]``
-    with three words per head (digest, first dim, fuses-with-previous); only the used prefix
-    travels in point-to-point rounds, the whole fixed length in ``Iallgather`` rounds.
+    A record is ``[blocked, head count, topology flag, send bitmap, receive bitmap, carried-to
+    bitmap, heads...]`` with three words per head (digest, first dim, fuses-with-previous); only the
+    used prefix travels in point-to-point rounds (followed by carried data, if any), the whole fixed
+    length in ``Iallgather`` rounds.
     """
 
     def __init__(self, size: int):
         self.size = size
         self.words = (size + 63) // 64
         self.topo = 2
-        self.heads = self.topo + 1 + 2 * self.words
+        self.carry = self.topo + 1 + 2 * self.words
+        self.heads = self.carry + self.words
         self.length = self.heads + 3 * MAX_HEADS
         self.mine = np.zeros(self.length, dtype=np.uint64)
         self.table = np.zeros((size, self.length), dtype=np.uint64)
+        self.inbox = np.zeros((size, 8 * self.length + CARRY_MAX), dtype=np.uint8)  # p2p rounds
 
-    def record(self, pending: Sequence[Request], blocked: bool) -> np.ndarray:
-        """Fill and return this rank's record: its first heads, their first dims, topology bits."""
+    def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
+        """Fill and return this rank's record: its first heads, their first dims, topology bits and
+        the ranks its head op's data is carried to."""
         rec = [0] * self.length
+        rec[self.carry:self.heads] = _bitmap(carried_to, self.words)
         count = 0
         previous = None
         for req in pending[:MAX_HEADS]:
@@ -105,13 +126,26 @@ class Layout:
             count += 1
             if req.sends is not None:
                 rec[self.topo] = 1
-                rec[self.topo + 1:self.heads] = self.topology_words(req)
+                rec[self.topo + 1:self.carry] = self.topology_words(req)
                 break
         rec[0] = int(blocked)
         rec[1] = count
         used = self.heads + 3 * count
         self.mine[:used] = rec[:used]
         return self.mine[:used]
+
+    def carried_data(self, me: int, req: Request, delivered: FrozenSet[int]) -> Optional[Carried]:
+        """After a point-to-point round that decided ``req`` first: the data that came for it."""
+        received = {}
+        word, bit = self.carry + me // 64, me % 64
+        for r in range(self.size):
+            row = self.table[r]
+            if r != me and (int(row[word]) >> bit) & 1:
+                start = 8 * (self.heads + 3 * int(row[1]))
+                received[r] = self.inbox[r, start:start + req.nbytes].copy()
+        if not received and not delivered:
+            return None
+        return Carried(received, delivered)
 
     def topology_words(self, req: Request) -> List[int]:
         """The send bitmap then the receive bitmap of a checked request."""
@@ -141,7 +175,7 @@ class Layout:
             decision.ready.append((pending[k], tuple(row[slot + 1] for row in table),
                                    k > 0 and all(row[slot + 2] for row in table)))
         if first[self.topo]:
-            problem = self.topology_problem([row[self.topo + 1:self.heads] for row in table])
+            problem = self.topology_problem([row[self.topo + 1:self.carry] for row in table])
             if problem:
                 decision.errors.append((pending[0], ValueError(problem)))
                 decision.ready.clear()
@@ -206,19 +240,30 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
         return Decision(ready=ready)
-    record = layout.record(pending, blocked)
+    me, carrying = comm.Get_rank(), {}
     if layout.size <= P2P_ROUND_LIMIT:
-        me = comm.Get_rank()
+        head = pending[0]
+        if len(pending) == 1 and head.carry is not None and 0 < head.nbytes <= CARRY_MAX:
+            carrying = head.carry()
+        record = layout.record(pending, blocked, carrying)
         layout.table[me, :record.size] = record
         others = [r for r in range(layout.size) if r != me]
-        yield ([comm.Irecv(layout.table[r], source=r, tag=ROUND_TAG) for r in others]
-               + [comm.Isend(record, dest=r, tag=ROUND_TAG) for r in others])
+        raw = record.view(np.uint8)                       # bytes, like the receiving inbox
+        messages = {r: np.concatenate([raw, carrying[r]]) if r in carrying else raw
+                    for r in others}                      # referenced until the sends complete
+        yield ([comm.Irecv(layout.inbox[r], source=r, tag=ROUND_TAG) for r in others]
+               + [comm.Isend(messages[r], dest=r, tag=ROUND_TAG) for r in others])
+        for r in others:
+            layout.table[r] = layout.inbox[r, :8 * layout.length].view(np.uint64)
     else:
+        record = layout.record(pending, blocked)
         yield [comm.Iallgather(layout.mine, layout.table)]
     used = layout.heads + 3 * int(layout.table[:, 1].min())
     table = layout.table[:, :used].tolist()
     decision = layout.decide_fast(table, pending)
     if decision is not None:
+        if decision.ready and layout.size <= P2P_ROUND_LIMIT:
+            decision.carried = layout.carried_data(me, decision.ready[0][0], frozenset(carrying))
         return decision
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)

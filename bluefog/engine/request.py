@@ -2,7 +2,7 @@
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, FrozenSet, Generator, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Generator, Optional, Tuple
 
 from bluefog.engine.handle import Handle
 
@@ -17,6 +17,7 @@ class Launch:
     seq: int
     tag: int
     dim0s: Optional[Tuple[int, ...]] = None  # None when not negotiated (skip-negotiate mode)
+    carried: Any = None   # negotiation.Carried: data that already moved with the round records
 
 
 @dataclasses.dataclass(eq=False)
@@ -43,6 +44,9 @@ class Request:
     fusion_part: Any = None
     fuse: Optional[Callable[[list, Launch], Kernel]] = None
     nbytes: int = 0
+    # A small neighbor op may send its data with the round record: ``carry()`` gives
+    # {destination rank: bytes}, ``nbytes`` long each.
+    carry: Optional[Callable[[], Dict[int, Any]]] = None
 
     def digest(self) -> int:
         """A 63-bit hash of name + signature, identical on every rank for matching calls."""

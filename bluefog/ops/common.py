@@ -105,7 +105,8 @@ class Submission:
 
     def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
              recvs=None, activity: str = "OP", **fusion) -> Handle:
-        """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse`` and ``nbytes``."""
+        """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse``, ``nbytes`` and
+        ``carry`` (see :class:`~bluefog.engine.request.Request`)."""
         if self.route is not None:     # ranks must agree on the route as on the device
             sig = sig + (self.route,)
         request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,

@@ -107,11 +107,13 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     fusion = {} if checked else dict(
         fusion_key=("neighbor_allreduce", tensor.dtype, tuple(sends), tuple(recvs)),
-        fusion_part=(tensor, combine), nbytes=tensor.numel() * tensor.element_size(),
+        fusion_part=(tensor, combine),
         fuse=lambda group, launch: kernels.fused_neighbor_allreduce(
             comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
     return job.send(
-        sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine),
+        sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine,
+                                                       launch.carried),
+        nbytes=tensor.numel() * tensor.element_size(), carry=lambda: kernels.carry(tensor, sends),
         **topology, **fusion)
 
 

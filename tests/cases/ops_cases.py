@@ -387,3 +387,41 @@ def case_a_rank_waiting_for_late_peers_warns_naming_the_op():
     if bf.rank() == 0:
         messages = [r.getMessage() for r in records]
         assert any("Stalled ops" in m and "allreduce.late" in m for m in messages), messages
+
+
+@sizes(2, 4)
+def case_small_neighbor_allreduce_data_rides_with_the_round():
+    """A lone small neighbor_allreduce sends its data with the negotiation record (one hop instead
+    of two): same bits as the plain exchange (skip-negotiate mode), for static, weighted and
+    dynamic weights; larger tensors and bursts of several ops take the usual exchange."""
+    from bluefog import context
+    from bluefog.engine.negotiation import CARRY_MAX
+    r, n = bf.rank(), bf.size()
+    stats = context.current().engine.stats
+    ins = bf.in_neighbor_ranks()
+    variants = [{}, dict(self_weight=0.4, src_weights={j: 0.6 / len(ins) for j in ins}),
+                dict(self_weight=0.5, src_weights={(r - 1) % n: 0.5}, dst_weights={(r + 1) % n: 2.0}),
+                dict(self_weight=0.5, src_weights={(r - 1) % n: 0.5}, dst_weights=[(r + 1) % n],
+                     enable_topo_check=False)]
+    for dtype in FLOATS:
+        x = (torch.arange(30.0).reshape(5, 6) * (r + 1) / 7).to(dtype)
+        for k, kwargs in enumerate(variants):
+            before = stats["carried"]
+            carried = bf.neighbor_allreduce(x, name=f"ride{k}", **kwargs)
+            assert stats["carried"] == before + 1, "the data did not ride with the round"
+            bf.set_skip_negotiate_stage(True)
+            try:
+                plain = bf.neighbor_allreduce(x, name=f"plain{k}", **kwargs)
+            finally:
+                bf.set_skip_negotiate_stage(False)
+            assert carried.dtype == dtype and torch.equal(carried, plain), (dtype, k, carried, plain)
+    before = stats["carried"]
+    big = torch.full((CARRY_MAX // 4 + 1,), float(r))
+    close(bf.neighbor_allreduce(big, name="big"),
+          torch.full_like(big, (r + sum(ins)) / (len(ins) + 1)))
+    from bluefog.ops.common import submission_batch
+    with submission_batch():       # negotiated together: several heads, fused, not carried
+        handles = [bf.neighbor_allreduce_nonblocking(x.float() + k, name=f"burst{k}")
+                   for k in range(3)]
+    [bf.synchronize(h) for h in handles]
+    assert stats["carried"] == before, "a large op or a burst was carried"
