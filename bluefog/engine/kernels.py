@@ -5,6 +5,7 @@ the op's output tensor.  Arithmetic is delegated to a ``combine`` callable from 
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
+import threading
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,7 +18,8 @@ Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or N
 
 
 class ScratchPool:
-    """Receive buffers reused across ops (kernels run one at a time under the engine's drive lock).
+    """Receive buffers reused across ops (taken by kernels, given back by them or by the caller
+    that combined what arrived).
 
     Fresh multi-megabyte buffers cost page faults on every call (measured: a 16M-element neighbor
     exchange took twice as long with fresh receive buffers), so receive slots are kept for reuse,
@@ -29,21 +31,24 @@ class ScratchPool:
         self.per_shape = per_shape
         self.held = 0
         self._free = {}
+        self._lock = threading.Lock()
 
     def take(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        stack = self._free.get((shape, dtype))
-        if stack:
-            buffer = stack.pop()
-            self.held -= buffer.numel() * buffer.element_size()
-            return buffer
+        with self._lock:
+            stack = self._free.get((shape, dtype))
+            if stack:
+                buffer = stack.pop()
+                self.held -= buffer.numel() * buffer.element_size()
+                return buffer
         return torch.empty(shape, dtype=dtype)
 
     def give(self, buffer: torch.Tensor) -> None:
         size = buffer.numel() * buffer.element_size()
-        stack = self._free.setdefault((tuple(buffer.shape), buffer.dtype), [])
-        if size and len(stack) < self.per_shape and self.held + size <= self.limit:
-            stack.append(buffer)
-            self.held += size
+        with self._lock:
+            stack = self._free.setdefault((tuple(buffer.shape), buffer.dtype), [])
+            if size and len(stack) < self.per_shape and self.held + size <= self.limit:
+                stack.append(buffer)
+                self.held += size
 
 
 scratch = ScratchPool()
@@ -169,9 +174,13 @@ def carry(tensor: torch.Tensor, sends: Sends):
 
 
 def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
-                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], carried=None):
-    """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``."""
+                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], carried=None,
+                       defer: bool = False):
+    """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``; with ``defer``,
+    return the received slots (a scratch buffer) for the caller to combine later."""
     slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
+    if defer:
+        return slots
     output = combine(tensor, slots)
     scratch.give(slots)
     return output

@@ -60,6 +60,20 @@ class Weighted:
         return acc.to(x.dtype)
 
 
+def combine_in_place(combine, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    """``x[...] = combine(x, received)``; a uniform combine in x's own precision needs no temporary
+    (the same additions in the same order, so the same bits)."""
+    if isinstance(combine, Uniform) and compute_dtype(x.dtype) == x.dtype:
+        chosen = range(received.shape[0]) if combine.slots is None else combine.slots
+        for k in chosen:
+            x.add_(received[k])
+        divisor = (len(chosen) + 1) * combine.divisor_scale
+        if divisor != 1:
+            x.div_(divisor)
+        return x
+    return x.copy_(combine(x, received))
+
+
 def uniform(slots=None, divisor_scale: int = 1) -> Uniform:
     """A :class:`Uniform` combine."""
     return Uniform(None if slots is None else tuple(slots), divisor_scale)

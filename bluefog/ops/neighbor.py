@@ -89,8 +89,12 @@ def _plan(ctx, self_weight, src_weights, dst_weights):
 
 @_RENAMED
 def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
-                                   enable_topo_check=True, name=None):
-    """Weighted average with neighbors; returns a handle.  See :func:`neighbor_allreduce`."""
+                                   enable_topo_check=True, name=None, _into_at_sync=False):
+    """Weighted average with neighbors; returns a handle.  See :func:`neighbor_allreduce`.
+
+    ``_into_at_sync`` (for the optimizers, CPU tensors): the average is computed by ``synchronize``
+    in the caller's thread, into ``tensor`` itself, without a new output tensor.
+    """
     check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
     ctx = live_context()
     sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
@@ -105,16 +109,27 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     if job.route == cuda.NCCL:
         return job.send(sig, lambda launch: cuda.neighbor_allreduce(
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
-    fusion = {} if checked else dict(
+    defer = bool(_into_at_sync) and job.route is None
+    if defer:
+        job.handle.convert = lambda slots: _combine_received(combine, tensor, slots)
+    fusion = {} if checked or defer else dict(
         fusion_key=("neighbor_allreduce", tensor.dtype, tuple(sends), tuple(recvs)),
         fusion_part=(tensor, combine),
         fuse=lambda group, launch: kernels.fused_neighbor_allreduce(
             comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
     return job.send(
         sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine,
-                                                       launch.carried),
+                                                       launch.carried, defer),
         nbytes=tensor.numel() * tensor.element_size(), carry=lambda: kernels.carry(tensor, sends),
         **topology, **fusion)
+
+
+def _combine_received(combine, tensor, slots):
+    """``synchronize`` step of a deferred op: average what arrived into ``tensor``."""
+    try:
+        return mix.combine_in_place(combine, tensor, slots)
+    finally:
+        kernels.scratch.give(slots)
 
 
 @_RENAMED

@@ -45,12 +45,14 @@ class AllreduceAverager:
 
 
 class NeighborAllreduceAverager:
-    """Neighbor average; static by default, dynamic when ``knobs.dst_weights`` is set."""
+    """Neighbor average; static by default, dynamic when ``knobs.dst_weights`` is set.  With
+    ``in_place`` the average is written into ``tensor`` when the op is waited for."""
 
-    def launch(self, tensor, name, knobs):
+    def launch(self, tensor, name, knobs, in_place=False):
         return neighbor_allreduce_nonblocking(
             tensor, self_weight=knobs.self_weight, src_weights=knobs.src_weights,
-            dst_weights=knobs.dst_weights, enable_topo_check=knobs.enable_topo_check, name=name)
+            dst_weights=knobs.dst_weights, enable_topo_check=knobs.enable_topo_check, name=name,
+            _into_at_sync=in_place)
 
     def finish(self, token):
         return synchronize(token)
@@ -165,8 +167,12 @@ class PackedLaunch:
     def __init__(self, averager, tensors, name, knobs):
         self.averager, self.like, self.outputs = averager, tensors, None
         self.span = adjacent_span(tensors)
-        flat = self.span if self.span is not None else pack(tensors, tensors[0].dtype)
-        self.token = averager.launch(flat, name, knobs)
+        if self.span is None:
+            self.token = averager.launch(pack(tensors, tensors[0].dtype), name, knobs)
+        elif isinstance(averager, NeighborAllreduceAverager):   # averaged into the span in finish
+            self.token = averager.launch(self.span, name, knobs, in_place=True)
+        else:
+            self.token = averager.launch(self.span, name, knobs)
 
     def finish(self, index):
         """The new value of tensor ``index``, or None when it was written in place (the op is
@@ -174,7 +180,8 @@ class PackedLaunch:
         if self.outputs is None:
             result = self.averager.finish(self.token)
             if self.span is not None:
-                self.span.copy_(result)
+                if result.data_ptr() != self.span.data_ptr():
+                    self.span.copy_(result)
                 self.outputs = [None] * len(self.like)
             else:
                 self.outputs = split_like(result, self.like)
