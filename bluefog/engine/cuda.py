@@ -7,16 +7,16 @@ Routes
   queued on a side stream that first waits for the *ready event*, recorded on the caller's current
   stream at submission, so the op sees everything queued before the call and does not wait for
   what the caller queues afterwards.
-* ``staged``: the tensor is copied to host memory at submission (waiting for the work queued on the
-  current stream), travels over MPI like a CPU tensor, and the result is copied back to the device
-  in ``synchronize``.
+* ``staged``: the tensor is copied to pinned host memory at submission (waiting for the work queued
+  on the current stream), travels over MPI like a CPU tensor, and the result is copied back to the
+  device in ``synchronize``.
 
 The choice is made once per process, at the first CUDA collective or neighbor op, by a negotiated
 op of its own (``cuda.setup``, so a rank that passes a CPU tensor where others pass CUDA ones gets
 an error, not a hang): every rank reports its host, its GPU, whether torch has NCCL and
-``BLUEFOG_OPS_ON_CPU``.  NCCL is
-used only if every rank can and no two ranks share a GPU (NCCL refuses that: "Duplicate GPU
-detected"); otherwise every rank stages, and rank 0 logs one line saying why.
+``BLUEFOG_OPS_ON_CPU``.  NCCL is used only if every rank can and no two ranks share a GPU (NCCL
+refuses that: "Duplicate GPU detected"); otherwise every rank stages, and rank 0 logs one line
+saying why.
 ``BLUEFOG_<OP>_BY_MPI=1`` stages single op kinds.  Hierarchical ops, pair gossip and machine-local
 allreduce are always staged.  Nothing here touches CUDA before an op is given a CUDA tensor.
 """
