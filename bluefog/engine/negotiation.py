@@ -106,7 +106,9 @@ class Layout:
         self.length = self.heads + 3 * MAX_HEADS
         self.mine = np.zeros(self.length, dtype=np.uint64)
         self.table = np.zeros((size, self.length), dtype=np.uint64)
-        self.inbox = np.zeros((size, 8 * self.length + CARRY_MAX), dtype=np.uint8)  # p2p rounds
+        # point-to-point rounds receive each record, and the data it may carry, into an inbox row
+        rows = size if size <= P2P_ROUND_LIMIT else 0
+        self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
 
     def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
         """Fill and return this rank's record: its first heads, their first dims, topology bits and
