@@ -425,3 +425,30 @@ def case_small_neighbor_allreduce_data_rides_with_the_round():
                    for k in range(3)]
     [bf.synchronize(h) for h in handles]
     assert stats["carried"] == before, "a large op or a burst was carried"
+
+
+@sizes(2, 4)
+def case_rounds_by_allgather_above_the_point_to_point_limit():
+    """Worlds above ``P2P_ROUND_LIMIT`` ranks negotiate with one ``Iallgather`` per round (and carry
+    no data); forced here by lowering the limit on every rank while the engine is idle."""
+    from bluefog import context
+    from bluefog.engine import negotiation
+    r, n = bf.rank(), bf.size()
+    stats = context.current().engine.stats
+    bf.barrier()
+    saved, negotiation.P2P_ROUND_LIMIT = negotiation.P2P_ROUND_LIMIT, 1
+    try:
+        carried = stats["carried"]
+        x = torch.full((6,), float(r))
+        close(bf.neighbor_allreduce(x, name="ag_nar"),
+              torch.full((6,), (r + sum(bf.in_neighbor_ranks())) / (len(bf.in_neighbor_ranks()) + 1)))
+        assert stats["carried"] == carried, "no data may ride with an Iallgather round"
+        assert bf.allreduce(x, average=False, name="ag_ar").max() == n * (n - 1) / 2
+        rows = bf.allgather(torch.full((r + 1, 2), r), name="ag_ag")
+        assert rows.shape == (n * (n + 1) // 2, 2)
+        names = ["ag_a", "ag_b"] if r % 2 == 0 else ["ag_b", "ag_a"]   # slow path: other orders
+        handles = {k: bf.allreduce_nonblocking(x, name=k) for k in names}
+        assert all(bf.synchronize(h).max() == (n - 1) / 2 for h in handles.values())
+        bf.barrier()
+    finally:
+        negotiation.P2P_ROUND_LIMIT = saved
