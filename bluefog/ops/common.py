@@ -92,7 +92,7 @@ class Submission:
                          activity="CUDA_SETUP")
         self.route = runtime.route(op, tensor)
         if self.route == cuda.NCCL:
-            self.ready = self.ctx.cuda.ready_event(tensor)
+            self.ready = runtime.ready_event(tensor)
             self.handle.convert = cuda.handover
             return tensor
         self.handle.convert = cuda.staged_back(tensor, inplace)

@@ -157,9 +157,10 @@ class PackedLaunch:
     """One averaging op for several tensors of one dtype and device, sent as one flat buffer.
 
     When the tensors already lie back to back in one storage (parameters do after the first packed
-    step), that memory is sent as it is and the result is copied back into it: one copy instead of
-    re-pointing every parameter.  Otherwise they are packed into a new buffer and each gets a view
-    of the result (which makes them lie back to back from then on).
+    step), that memory is sent as it is and the result lands in it: a neighbor average is computed
+    into it when the op is waited for, any other result is copied in.  Otherwise the tensors are
+    packed into a new buffer and each gets a view of the result (which makes them lie back to back
+    from then on).
     """
 
     __slots__ = ("averager", "token", "like", "span", "outputs")
