@@ -14,6 +14,8 @@ import torch
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
+_NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
+          torch.int32: np.int32, torch.int64: np.int64}
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
 
 
@@ -62,25 +64,52 @@ def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
     return (tensor.to(work) * weight).to(tensor.dtype)
 
 
-def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], divisor: int):
+def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], divisor: int,
+              carried=None):
     """Sum over ``comm`` into ``output`` (``tensor`` for in place, None for a new tensor), then
-    divide by ``divisor``."""
+    divide by ``divisor``.  With ``carried`` (every rank's data came with the round records) the
+    sum is taken here, adding the ranks' data in rank order, so every rank gets the same bits."""
     MPI = mpi()
-    if output is None:
-        output = torch.empty_like(tensor)
     work_dtype = compute_dtype(tensor.dtype)
-    if work_dtype != tensor.dtype:
-        work = tensor.to(work_dtype)
-        yield [comm.Iallreduce(MPI.IN_PLACE, work.reshape(-1).numpy(), MPI.SUM)]
+    if carried is not None:
+        work = _rank_ordered_sum(comm.Get_rank(), tensor, carried.received, work_dtype)
     else:
-        work = output
-        source = MPI.IN_PLACE if output is tensor else wire(tensor)
-        yield [comm.Iallreduce(source, wire(output), MPI.SUM)]
+        if output is None:
+            output = torch.empty_like(tensor)
+        if work_dtype != tensor.dtype:
+            work = tensor.to(work_dtype)
+            yield [comm.Iallreduce(MPI.IN_PLACE, work.reshape(-1).numpy(), MPI.SUM)]
+        else:
+            work = output
+            source = MPI.IN_PLACE if output is tensor else wire(tensor)
+            yield [comm.Iallreduce(source, wire(output), MPI.SUM)]
     if divisor > 1:
         work.div_(divisor)
+    if output is None:
+        return work.to(tensor.dtype)        # carried: the sum is already a fresh tensor
     if work is not output:
         output.copy_(work)
     return output
+
+
+def _rank_ordered_sum(me: int, tensor: torch.Tensor, received, work_dtype: torch.dtype):
+    """``tensor`` (this rank's part) plus the bytes ``received`` from every other rank, added in
+    rank order in ``work_dtype`` (numpy: a tenth of torch's per-call cost on small tensors)."""
+    mine = wire(tensor).reshape(-1)
+    rows = np.empty((len(received) + 1, mine.size), dtype=mine.dtype)
+    rows[me] = mine
+    for r, data in received.items():
+        rows[r] = data.view(mine.dtype)
+    values = rows.view(_NUMPY[tensor.dtype])
+    total = np.add.reduce(values, axis=0, dtype=_NUMPY[work_dtype])    # row after row
+    return torch.from_numpy(total).view(tensor.shape)
+
+
+def carry_to_all(comm, tensor: torch.Tensor):
+    """What an allreduce sends every other rank, as bytes (``Request.carry``)."""
+    data = wire(tensor).reshape(-1).view(np.uint8)
+    me = comm.Get_rank()
+    return {r: data for r in range(comm.Get_size()) if r != me}
 
 
 def broadcast(comm, tensor: torch.Tensor, output: torch.Tensor, root: int):

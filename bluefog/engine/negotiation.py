@@ -17,11 +17,13 @@ without further messages:
 A round is a collective only among ranks that have work, which is fine: every negotiated op needs
 every rank, so a rank with nothing pending holds everybody up anyway.
 
-*Carried data*: in point-to-point rounds, a rank whose only pending op is a small neighbor op
-(``Request.carry``, at most ``CARRY_MAX`` bytes) appends that op's data for each destination to the
-round message it sends there, and says so in its record (a bitmap of the destinations).  When the
-round decides that op, it needs no second exchange: receivers take what arrived with the records,
-senders skip what they already delivered, and both read the same bitmaps, so they agree.
+*Carried data*: in point-to-point rounds, a rank whose only pending op is a small neighbor op or
+allreduce (``Request.carry``, at most ``CARRY_MAX`` bytes) appends that op's data for each
+destination to the round message it sends there, and says so in its record (a bitmap of the
+destinations).  When the round decides that op, it needs no second exchange: for a neighbor op,
+receivers take what arrived with the records and senders skip what they already delivered; an
+allreduce is summed from the records when every rank carried to every other one (else it runs as
+usual).  Every rank reads the same bitmaps, so they agree.
 """
 
 import dataclasses
@@ -109,6 +111,9 @@ class Layout:
         # point-to-point rounds receive each record, and the data it may carry, into an inbox row
         rows = size if size <= P2P_ROUND_LIMIT else 0
         self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
+        # the carried-to bitmaps of a round in which every rank carried to every other rank
+        self.to_all_others = np.array([_bitmap([q for q in range(size) if q != r], self.words)
+                                       for r in range(size)], dtype=np.uint64)
 
     def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
         """Fill and return this rank's record: its first heads, their first dims, topology bits and
@@ -137,7 +142,11 @@ class Layout:
         return self.mine[:used]
 
     def carried_data(self, me: int, req: Request, delivered: FrozenSet[int]) -> Optional[Carried]:
-        """After a point-to-point round that decided ``req`` first: the data that came for it."""
+        """After a point-to-point round that decided ``req`` first: the data that came for it (None
+        when nothing came, or ``req`` carries to all and not every rank did)."""
+        if req.carry_to_all and not np.array_equal(self.table[:, self.carry:self.heads],
+                                                   self.to_all_others):
+            return None
         received = {}
         word, bit = self.carry + me // 64, me % 64
         for r in range(self.size):
@@ -233,6 +242,17 @@ def check_topology(comm, layout: Layout, req: Request):
         raise ValueError(problem)
 
 
+def _joined(cache: dict, record: np.ndarray, data: Optional[np.ndarray]) -> np.ndarray:
+    """``record`` followed by ``data`` (if any), built once per distinct ``data`` object; the
+    messages stay referenced (by the caller's dict) until the sends complete."""
+    if data is None:
+        return record
+    found = cache.get(id(data))
+    if found is None:
+        found = cache[id(data)] = np.concatenate([record, data])
+    return found
+
+
 def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
     MPI = mpi()
@@ -251,8 +271,8 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
         layout.table[me, :record.size] = record
         others = [r for r in range(layout.size) if r != me]
         raw = record.view(np.uint8)                       # bytes, like the receiving inbox
-        messages = {r: np.concatenate([raw, carrying[r]]) if r in carrying else raw
-                    for r in others}                      # referenced until the sends complete
+        joined = {}                                       # one message per distinct payload
+        messages = {r: _joined(joined, raw, carrying.get(r)) for r in others}
         yield ([comm.Irecv(layout.inbox[r], source=r, tag=ROUND_TAG) for r in others]
                + [comm.Isend(messages[r], dest=r, tag=ROUND_TAG) for r in others])
         for r in others:

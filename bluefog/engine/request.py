@@ -44,9 +44,11 @@ class Request:
     fusion_part: Any = None
     fuse: Optional[Callable[[list, Launch], Kernel]] = None
     nbytes: int = 0
-    # A small neighbor op may send its data with the round record: ``carry()`` gives
-    # {destination rank: bytes}, ``nbytes`` long each.
+    # A small op may send its data with the round record: ``carry()`` gives {destination rank:
+    # bytes}, ``nbytes`` long each.  A collective (``carry_to_all``) uses what came only when every
+    # rank carried to every other rank; a neighbor op takes whatever came.
     carry: Optional[Callable[[], Dict[int, Any]]] = None
+    carry_to_all: bool = False
 
     def digest(self) -> int:
         """A 63-bit hash of name + signature, identical on every rank for matching calls."""

@@ -23,7 +23,7 @@ Example::
 
     win = Window(comm, (3,), torch.float32, in_ranks=[1, 2], remote_slots={1: 0, 3: 1},
                  chunk=1 << 20)
-    win.write(1, np.ones(3, np.float32), accumulate=False, p_value=None, bump_version=True)
+    win.send(torch.ones(3), [(1, 1.0), (3, 0.5)], accumulate=False, p_self=None, mutex=False)
     win.free()
 """
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from bluefog.engine.engine import Backoff
+from bluefog.engine.kernels import scaled
 from bluefog.engine.mpi import datatype, mpi
 
 WINDOW_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
@@ -84,15 +85,22 @@ class Window:
         self.self_tensor = torch.from_numpy(self.self_np).view(self.shape)
         self.slot_np = {j: self._region(raw, 1 + k) for k, j in enumerate(self.in_ranks)}
         self.slots = {j: torch.from_numpy(a).view(self.shape) for j, a in self.slot_np.items()}
+        self._get_into = {j: [a, self.mpi_type] for j, a in self.slot_np.items()}   # for a Get
         # Versions: each writer Puts its running count of puts into its entry on the target (a
-        # Put is cheaper than an atomic add); the owner remembers what it had seen at its last
-        # update, and counts its own gets locally.
-        self._sent = [0] * size
-        self._sent_cells = [np.zeros(1, dtype=np.int64) for _ in range(size)]
+        # Put is cheaper than an atomic add, and rides in the data's Put, see post()); the owner
+        # remembers what it had seen at its last update, and counts its own gets locally.
+        self._sent_array = np.zeros(size, dtype=np.int64)     # puts to each rank, as MPI reads it
+        self._sent = memoryview(self._sent_array)             # the same, as Python ints (faster)
         self._seen = np.zeros(size, dtype=np.int64)
         self._gets = [0] * size
         self._lock = threading.Lock()
         self._views: Dict[int, np.ndarray] = {}
+        self._plans: Dict[tuple, tuple] = {}                      # see _unit_plan
+        self._datatypes: list = []                                # of the plans, freed with them
+        # where a put of data + version lands on each target: my slot, then my version entry
+        self._slot_and_version = {t: (0, 1, MPI.Datatype.Create_struct(
+            [self.numel, 1], [d, self.version_spec[0]], [self.mpi_type, MPI.INT64_T]).Commit())
+            for t, d in self.slot_disp.items()}
         self.win.Lock_all(MPI.MODE_NOCHECK)
         self.open = True
 
@@ -115,43 +123,156 @@ class Window:
             found = self._views[ptr] = np.frombuffer(memory, dtype=self.np_dtype)
         return found
 
+    def _forget_plans(self):
+        self._plans.clear()
+        for kind in self._datatypes:
+            kind.Free()
+        self._datatypes.clear()
+
     # ------------------------------------------------------------------ one-sided transfers
-    def write(self, target: int, data: np.ndarray, accumulate: bool, p_value: Optional[float],
-              bump_version: bool):
-        """Put (or add) ``data`` into my slot on ``target``, with its p entry and version; complete.
+    def send(self, tensor: torch.Tensor, targets: Sequence[Tuple[int, float]], accumulate: bool,
+             p_self: Optional[float], mutex: bool, reuse: bool = False):
+        """Put (or add, with ``accumulate``) the CPU ``tensor`` times each target's weight into my
+        slot on every ``(target, weight)``; a put counts a version there, and ``p_self`` (when
+        given) times the weight goes to my p entry.  With ``mutex`` each target is written under
+        my mutex there.  When this returns the data is in the targets' memory, whatever they do.
 
-        When this returns the data is in the target's memory (``Flush``), whatever the target does.
+        ``reuse``: ``targets`` is one long-lived object passed again and again (the default
+        targets), so the messages prepared for it and the tensor's address are kept: the common
+        call then costs one MPI call per target and a ``Flush_all``.
         """
-        MPI, win, kind = self.MPI, self.win, self.mpi_type
-        if self.numel <= self.chunk:
+        plan = None
+        if reuse and not mutex and p_self is None:
+            found = self._plans.get((tensor.data_ptr(), accumulate, id(targets)))
+            plan = found[2] if found is not None else self._unit_plan(tensor, targets, accumulate)
+        if plan is not None:
+            win = self.win
             if accumulate:
-                win.Accumulate([data, kind], target, self.slot_spec[target], MPI.SUM)
+                SUM = self.MPI.SUM
+                for target, message, spec in plan:
+                    win.Accumulate(message, target, spec, SUM)
             else:
-                win.Put([data, kind], target, self.slot_spec[target])
-        else:
-            disp, step = self.slot_disp[target], self.chunk
-            data = data.reshape(-1)
-            for start in range(0, self.numel, step):
-                count = min(step, self.numel - start)
-                spec = (disp + start * self.itemsize, count, kind)
-                piece = [data[start:start + count], kind]
-                if accumulate:
-                    win.Accumulate(piece, target, spec, MPI.SUM)
-                else:
-                    win.Put(piece, target, spec)
-        if p_value is not None:
-            value = [np.array([p_value], dtype=np.float64), MPI.DOUBLE]
-            win.Accumulate(value, target, self.p_spec, MPI.SUM if accumulate else MPI.REPLACE)
-        if bump_version:
-            with self._lock:
-                count = self._sent[target] = self._sent[target] + 1
-                cell = self._sent_cells[target]
-                cell[0] = count
-                win.Put([cell, MPI.INT64_T], target, self.version_spec)
-        win.Flush(target)
+                counts = self._sent
+                for target, message, spec in plan:
+                    counts[target] += 1          # this put's version, which the Put carries
+                    win.Put(message, target, spec)
+            if len(plan) > 1:
+                win.Flush_all()
+            elif plan:
+                win.Flush(plan[0][0])
+            return
+        view = self.view_of(tensor)
+        if mutex:
+            me = self.rank
+            for target, weight in targets:
+                self.acquire(target, me)
+                try:
+                    kept = self._post(view, tensor, target, weight, accumulate, p_self)
+                    self.win.Flush(target)
+                finally:
+                    self.release(target, me)
+            return
+        kept = [self._post(view, tensor, target, weight, accumulate, p_self)
+                for target, weight in targets]
+        if len(targets) > 1:
+            self.win.Flush_all()
+        elif targets:
+            self.win.Flush(targets[0][0])
+        del kept                  # referenced until here: mpi4py does not keep send buffers
 
-    def read(self, source: int):
-        """Copy ``source``'s self memory into my slot for it and count a version; complete."""
+    def _unit_plan(self, tensor: torch.Tensor, targets, accumulate: bool):
+        """For ``tensor`` sent with weight 1 to every target, in one message each: ``(target,
+        message, target spec)`` per target; None otherwise.  Kept by the tensor's address (which
+        names the same bytes whichever tensor owns them later, see :meth:`view_of`)."""
+        if len(self._plans) >= 64:
+            self._forget_plans()
+        view, plan = self.view_of(tensor), None
+        if self.numel <= self.chunk and all(weight == 1.0 for _, weight in targets):
+            if accumulate:
+                message = [view, self.mpi_type]
+                plan = [(t, message, self.slot_spec[t]) for t, _ in targets]
+            else:
+                plan = [(t, self._with_version(view, t), self._slot_and_version[t])
+                        for t, _ in targets]
+        # the entry keeps the view (its memory) and the targets (so their id stays theirs)
+        self._plans[(tensor.data_ptr(), accumulate, id(targets))] = (view, targets, plan)
+        return plan
+
+    def _post(self, view, tensor, target, weight, accumulate, p_self):
+        """Start one target's transfer of :meth:`send` (the general case: separate messages for
+        the data, its p and its version); returns the buffers MPI reads from."""
+        MPI, win = self.MPI, self.win
+        data = view if weight == 1.0 else scaled(tensor.detach(), weight).numpy()
+        if self.numel > self.chunk:
+            self._post_pieces(data, target, accumulate)
+        elif accumulate:
+            win.Accumulate([data, self.mpi_type], target, self.slot_spec[target], MPI.SUM)
+        else:
+            win.Put([data, self.mpi_type], target, self.slot_spec[target])
+        value = None
+        if p_self is not None:
+            value = np.array([p_self * weight], dtype=np.float64)
+            win.Accumulate([value, MPI.DOUBLE], target, self.p_spec,
+                           MPI.SUM if accumulate else MPI.REPLACE)
+        if not accumulate:
+            self._sent[target] += 1                      # this put's version
+            win.Put([self._sent_array[target:target + 1], MPI.INT64_T], target,
+                    self.version_spec)
+        return data, value
+
+    def _post_pieces(self, data: np.ndarray, target: int, accumulate: bool):
+        """``data`` into my slot on ``target`` in messages of at most ``chunk`` elements."""
+        MPI, win, kind, step = self.MPI, self.win, self.mpi_type, self.chunk
+        disp, data = self.slot_disp[target], data.reshape(-1)
+        for start in range(0, self.numel, step):
+            count = min(step, self.numel - start)
+            spec = (disp + start * self.itemsize, count, kind)
+            piece = [data[start:start + count], kind]
+            if accumulate:
+                win.Accumulate(piece, target, spec, MPI.SUM)
+            else:
+                win.Put(piece, target, spec)
+
+    def _with_version(self, view: np.ndarray, target: int):
+        """The message of ``view`` followed by my version cell for ``target``: one derived
+        datatype over absolute addresses (one ``Put`` moves both)."""
+        MPI = self.MPI
+        kind = MPI.Datatype.Create_struct(
+            [self.numel, 1], [view.ctypes.data, self._sent_array[target:].ctypes.data],
+            [self.mpi_type, MPI.INT64_T]).Commit()
+        self._datatypes.append(kind)
+        return [MPI.BOTTOM, 1, kind]
+
+    def fetch(self, sources: Sequence[int], mutex: bool):
+        """Copy each source's self memory into my slot for it and count a version; complete when
+        it returns (with ``mutex``, each under my mutex at the source)."""
+        if mutex:
+            me = self.rank
+            for source in sources:
+                self.acquire(source, me)
+                try:
+                    self._post_read(source)
+                    self.win.Flush(source)
+                finally:
+                    self.release(source, me)
+        else:
+            win = self.win
+            if self.numel <= self.chunk:
+                into, spec = self._get_into, self.self_spec
+                for source in sources:
+                    win.Get(into[source], source, spec)
+            else:
+                for source in sources:
+                    self._post_read(source)
+            if len(sources) > 1:
+                win.Flush_all()
+            elif sources:
+                win.Flush(sources[0])
+        with self._lock:
+            for source in sources:
+                self._gets[source] += 1
+
+    def _post_read(self, source: int):
         win, kind, step = self.win, self.mpi_type, self.chunk
         into = self.slot_np[source]
         if self.numel <= step:
@@ -161,9 +282,6 @@ class Window:
                 count = min(step, self.numel - start)
                 win.Get([into[start:start + count], kind], source,
                         (self.meta + start * self.itemsize, count, kind))
-        win.Flush(source)
-        with self._lock:
-            self._gets[source] += 1
 
     def versions(self) -> Dict[int, int]:
         """``{in-neighbour: puts from it + gets from it since the last clear_versions}``."""
@@ -210,7 +328,11 @@ class Window:
         self.open = False
         self.slots.clear()
         self.slot_np.clear()
+        self._get_into.clear()
         self._views.clear()
+        self._forget_plans()
+        for _, _, kind in self._slot_and_version.values():
+            kind.Free()
         self.self_tensor = self.self_np = self.mutex = self.version = self.p = None
         self.win.Unlock_all()
         self.win.Free()

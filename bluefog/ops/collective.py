@@ -26,8 +26,10 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
         return job.send(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, _inplace, divisor,
                                                            job.ready), activity="ALLREDUCE")
     output = tensor if _inplace or job.staged else None     # None: the kernel allocates it
-    return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor),
-                    activity="ALLREDUCE",
+    carry = None if is_hierarchical_local else lambda: kernels.carry_to_all(comm, tensor)
+    return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor,
+                                                          launch.carried),
+                    activity="ALLREDUCE", carry=carry, carry_to_all=True,
                     fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
                     fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
                     fuse=lambda group, launch: kernels.fused_allreduce(

@@ -106,7 +106,7 @@ class Submission:
     def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
              recvs=None, activity: str = "OP", **fusion) -> Handle:
         """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse``, ``nbytes`` and
-        ``carry`` (see :class:`~bluefog.engine.request.Request`)."""
+        ``carry`` and ``carry_to_all`` (see :class:`~bluefog.engine.request.Request`)."""
         if self.route is not None:     # ranks must agree on the route as on the device
             sig = sig + (self.route,)
         request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,

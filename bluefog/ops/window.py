@@ -27,6 +27,7 @@ Example::
     bf.win_free("x")
 """
 
+import functools
 import hashlib
 import logging
 from typing import Dict, List, Optional
@@ -60,8 +61,7 @@ __all__ = [
 class Entry:
     """What ``ctx.windows`` holds for one name: the MPI window and the registered tensor."""
 
-    __slots__ = ("name", "window", "tensor", "in_ranks", "out_ranks", "default_targets",
-                 "default_sources")
+    __slots__ = ("name", "window", "tensor", "in_ranks", "out_ranks", "default_targets")
 
     def __init__(self, name: str, window: Window, tensor: torch.Tensor, in_ranks, out_ranks,
                  rank: int, size: int):
@@ -73,7 +73,6 @@ class Entry:
         # put / accumulate go round the ring clockwise from self, to spread contention
         order = sorted(self.out_ranks, key=lambda r: (r - rank) % size)
         self.default_targets = [(r, 1.0) for r in order]
-        self.default_sources = [(r, 1.0) for r in self.in_ranks]
 
 
 # ---------------------------------------------------------------------- create / free
@@ -207,93 +206,92 @@ def _scale_(tensor: torch.Tensor, weight: float):
             tensor.copy_(scaled(tensor, weight))
 
 
-def _send_job(ctx, op: str, tensor, name, self_weight, dst_weights, require_mutex: bool):
-    """Validate on the caller and return the job that moves the data (run now or on the worker)."""
-    entry = lookup(ctx, name)
-    _check_data(entry, tensor, op)
+def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, wait: bool):
+    """Validate on the caller, then move the data: right here when ``wait`` and the worker is
+    idle (the common blocking call, kept lean), else as a job on the worker (a handle)."""
+    ctx = live_context()
+    entry = ctx.windows.get(name) if type(name) is str else None
+    if entry is None:
+        entry = lookup(ctx, name)          # raises the error
+    window = entry.window
+    if not (type(tensor) is torch.Tensor and tensor.dtype is window.dtype
+            and tensor.numel() == window.numel and tensor.is_contiguous()):
+        _check_data(entry, tensor, op)     # a subclass that passes, or raises the error
     if dst_weights is None:
-        targets = entry.default_targets
+        targets, reuse = entry.default_targets, True
     else:
         targets = _clockwise(_weighted_ranks(dst_weights, entry.out_ranks, "dst_weights", "out"),
                              ctx.rank, ctx.size)
-    self_weight = 1.0 if self_weight is None else float(self_weight)
+        reuse = False
+    host = tensor if tensor.is_cpu else tensor.detach().cpu()    # blocking copy at enqueue
     associated = ctx.associated_p
-    accumulate = op == "win_accumulate"
-    host = tensor.detach() if tensor.requires_grad else tensor
-    if not host.is_cpu:
-        host = host.cpu()            # blocking copy at enqueue
-    window, me = entry.window, ctx.rank
-
-    def job():
-        if not window.open:
-            raise ValueError(f"{op}: window '{name}' was freed before the op ran.")
-        base = window.view_of(host)
-        p_self = float(window.p[me]) if associated else None
-        for target, weight in targets:
-            data = base if weight == 1.0 else scaled(host, weight).numpy()
-            p_value = None if p_self is None else p_self * weight
-            if require_mutex:
-                window.acquire(target, me)
-            try:
-                window.write(target, data, accumulate, p_value, bump_version=not accumulate)
-            finally:
-                if require_mutex:
-                    window.release(target, me)
-        if self_weight != 1.0:
-            _scale_(tensor, self_weight)
-            if associated:
-                window.p[me] = p_self * self_weight
-        return True
-
-    return job
+    if wait and timeline.TIMELINE is None and _worker.idle():
+        if self_weight is None and not associated:     # the plainest call: the fewest steps
+            window.send(host, targets, op == "win_accumulate", None, require_mutex, reuse)
+            return True
+        return _move(entry, op, tensor, host, targets, reuse, self_weight, associated,
+                     require_mutex)
+    job = functools.partial(_move, entry, op, tensor, host, targets, reuse, self_weight,
+                            associated, require_mutex)
+    return _start(job, op, name, wait)
 
 
-def _get_job(ctx, name, src_weights, require_mutex: bool):
-    entry = lookup(ctx, name)
+def _move(entry: Entry, op: str, tensor, host, targets, reuse: bool, self_weight,
+          associated: bool, require_mutex: bool) -> bool:
+    """The work of a put or accumulate (see :meth:`Window.send`), then the ``self_weight``."""
+    window = entry.window
+    if not window.open:
+        raise ValueError(f"{op}: window '{entry.name}' was freed before the op ran.")
+    p_self = float(window.p[window.rank]) if associated else None
+    window.send(host, targets, op == "win_accumulate", p_self, require_mutex, reuse)
+    if self_weight is not None and float(self_weight) != 1.0:
+        _scale_(tensor, float(self_weight))
+        if associated:
+            window.p[window.rank] = p_self * float(self_weight)
+    return True
+
+
+def _get(name, src_weights, require_mutex: bool, wait: bool):
+    """Like :func:`_send`, for ``win_get``."""
+    entry = lookup(live_context(), name)
     if src_weights is None:
-        sources = entry.default_sources
+        sources, weighted = entry.in_ranks, None
     else:
-        sources = _weighted_ranks(src_weights, entry.in_ranks, "src_weights", "in")
-    window, me = entry.window, ctx.rank
+        weighted = _weighted_ranks(src_weights, entry.in_ranks, "src_weights", "in")
+        sources = [source for source, _ in weighted]
+    args = (entry, sources, weighted, require_mutex)
+    if wait and timeline.TIMELINE is None and _worker.idle():
+        return _fetch(*args)
+    return _start(functools.partial(_fetch, *args), "win_get", name, wait)
 
-    def job():
-        if not window.open:
-            raise ValueError(f"win_get: window '{name}' was freed before the op ran.")
-        for source, weight in sources:
-            if require_mutex:
-                window.acquire(source, me)
-            try:
-                window.read(source)
-            finally:
-                if require_mutex:
-                    window.release(source, me)
-            if weight != 1.0:
-                _scale_(window.slots[source], weight)
-        return True
 
-    return job
+def _fetch(entry: Entry, sources, weighted, require_mutex: bool) -> bool:
+    """The work of a get (see :meth:`Window.fetch`), then the weights other than 1."""
+    window = entry.window
+    if not window.open:
+        raise ValueError(f"win_get: window '{entry.name}' was freed before the op ran.")
+    window.fetch(sources, require_mutex)
+    for source, weight in weighted or ():
+        if weight != 1.0:
+            _scale_(window.slots[source], weight)
+    return True
 
 
 _ACTIVITY = {"win_put": "WIN_PUT", "win_get": "WIN_GET", "win_accumulate": "WIN_ACCUMULATE"}
 
 
-def _submit(job, op: str, name: str) -> WindowHandle:
-    job = timeline.traced(job, name, _ACTIVITY[op])    # timeline: ENQUEUE_WIN_* / MPI_WIN_* spans
-    return _worker.submit(job, WindowHandle(f"{op}.{name}"))
-
-
-def _run(job, op: str, name: str) -> bool:
-    """Blocking: on this thread when the worker is idle, else in order behind its jobs."""
-    if _worker.idle():
-        return timeline.traced(job, name, _ACTIVITY[op])()   # timeline: ENQUEUE_/MPI_WIN_*
-    return _submit(job, op, name).wait()
+def _start(job, op: str, name: str, wait: bool):
+    """Run ``job`` on the worker (a handle), or, with ``wait``, here when the worker is idle and
+    else in order behind its jobs (True).  Traced on the timeline: ENQUEUE_/MPI_WIN_* spans."""
+    if wait and _worker.idle():
+        return timeline.traced(job, name, _ACTIVITY[op])()
+    handle = _worker.submit(timeline.traced(job, name, _ACTIVITY[op]), WindowHandle(f"{op}.{name}"))
+    return handle.wait() if wait else handle
 
 
 def win_put_nonblocking(tensor, name, self_weight=None, dst_weights=None, require_mutex=False):
     """Nonblocking :func:`win_put`; returns a handle for :func:`win_wait`."""
-    job = _send_job(live_context(), "win_put", tensor, name, self_weight, dst_weights,
-                    require_mutex)
-    return _submit(job, "win_put", name)
+    return _send("win_put", tensor, name, self_weight, dst_weights, require_mutex, wait=False)
 
 
 def win_put(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
@@ -311,17 +309,14 @@ def win_put(tensor, name, self_weight=None, dst_weights=None, require_mutex=Fals
 
         bf.win_put(x, "x", self_weight=0.5, dst_weights={(bf.rank() + 1) % bf.size(): 0.5})
     """
-    job = _send_job(live_context(), "win_put", tensor, name, self_weight, dst_weights,
-                    require_mutex)
-    return _run(job, "win_put", name)
+    return _send("win_put", tensor, name, self_weight, dst_weights, require_mutex, wait=True)
 
 
 def win_accumulate_nonblocking(tensor, name, self_weight=None, dst_weights=None,
                                require_mutex=False):
     """Nonblocking :func:`win_accumulate`; returns a handle for :func:`win_wait`."""
-    job = _send_job(live_context(), "win_accumulate", tensor, name, self_weight, dst_weights,
-                    require_mutex)
-    return _submit(job, "win_accumulate", name)
+    return _send("win_accumulate", tensor, name, self_weight, dst_weights, require_mutex,
+                 wait=False)
 
 
 def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mutex=False) -> bool:
@@ -333,14 +328,13 @@ def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mut
         bf.win_accumulate(x, name="x", self_weight=0.5, dst_weights={o: 0.5 / k for o in outs},
                           require_mutex=True)
     """
-    job = _send_job(live_context(), "win_accumulate", tensor, name, self_weight, dst_weights,
-                    require_mutex)
-    return _run(job, "win_accumulate", name)
+    return _send("win_accumulate", tensor, name, self_weight, dst_weights, require_mutex,
+                 wait=True)
 
 
 def win_get_nonblocking(name, src_weights=None, require_mutex=False):
     """Nonblocking :func:`win_get`; returns a handle for :func:`win_wait`."""
-    return _submit(_get_job(live_context(), name, src_weights, require_mutex), "win_get", name)
+    return _get(name, src_weights, require_mutex, wait=False)
 
 
 def win_get(name, src_weights=None, require_mutex=False) -> bool:
@@ -351,7 +345,7 @@ def win_get(name, src_weights=None, require_mutex=False) -> bool:
 
         bf.win_get("x", src_weights={(bf.rank() - 1) % bf.size(): 1.0})
     """
-    return _run(_get_job(live_context(), name, src_weights, require_mutex), "win_get", name)
+    return _get(name, src_weights, require_mutex, wait=True)
 
 
 neighbor_win_put = win_put
