@@ -208,14 +208,18 @@ class Engine:
             if not self._waiters and not self.idle():
                 self._state.notify()
 
-    def wait(self, handle: Handle):
-        """Drive the engine until ``handle`` is done; return its output or raise its error."""
+    def wait(self, handle: Handle, counted: bool = False):
+        """Drive the engine until ``handle`` is done; return its output or raise its error.
+        ``counted``: the caller already counts as a waiter (:meth:`add_waiter`)."""
         if not handle.done():
-            self.add_waiter()
-            try:
+            if counted:
                 self._drive_until(handle.done)
-            finally:
-                self.remove_waiter()
+            else:
+                self.add_waiter()
+                try:
+                    self._drive_until(handle.done)
+                finally:
+                    self.remove_waiter()
         return handle.result()
 
     def idle(self) -> bool:
@@ -226,25 +230,33 @@ class Engine:
         self._drive_until(self.idle)
 
     def _drive_until(self, finished):
-        """Drive until ``finished()``: progress passes; when a pass moves nothing and everything is
-        posted, block inside MPI until one request completes (MPI then polls in C and yields, as a
-        blocking MPI call would), otherwise back off politely."""
+        """Drive until ``finished()``: progress passes; once everything is posted and ``finished``
+        still is not, block inside MPI until one request completes (MPI then polls in C and
+        yields, as a blocking MPI call would; no test-then-wait round trip), otherwise back off
+        politely."""
         backoff = Backoff(spins=_CALLER_SPINS)
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
-            if self._drive_once(timeout=0, then_wait=True):
+            moved = False
+            if self._drive.acquire(timeout=0):
+                try:
+                    moved = self.progress()
+                    if not finished():
+                        moved = self._wait_in_mpi() or moved
+                finally:
+                    self._drive.release()
+            if moved:
                 backoff.reset()
             else:
                 backoff.pause()
 
-    def _drive_once(self, timeout: float, then_wait: bool = False) -> bool:
-        """One progress pass if the drive lock comes free within ``timeout``; True if it moved.
-        With ``then_wait``, a pass that moved nothing is followed by :meth:`_wait_in_mpi`."""
+    def _drive_once(self, timeout: float) -> bool:
+        """One progress pass if the drive lock comes free within ``timeout``; True if it moved."""
         if not self._drive.acquire(timeout=timeout):
             return False
         try:
-            return self.progress() or (then_wait and self._wait_in_mpi())
+            return self.progress()
         finally:
             self._drive.release()
 

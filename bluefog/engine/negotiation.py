@@ -61,7 +61,9 @@ class Decision:
 class Carried:
     """What moved with a round's records for the op it decided first (see the module docstring)."""
 
-    received: Dict[int, np.ndarray]   # source rank -> the bytes of its data for this rank
+    # source rank -> the bytes of its data for this rank: a view of the round inbox, valid until
+    # the next round starts (the kernel reads it when launched, right after the decision)
+    received: Dict[int, np.ndarray]
     delivered: FrozenSet[int]         # ranks this rank already sent its data to
 
 
@@ -116,30 +118,27 @@ class Layout:
                                        for r in range(size)], dtype=np.uint64)
 
     def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
-        """Fill and return this rank's record: its first heads, their first dims, topology bits and
-        the ranks its head op's data is carried to."""
-        rec = [0] * self.length
-        rec[self.carry:self.heads] = _bitmap(carried_to, self.words)
-        count = 0
+        """Fill and return this rank's record (its used prefix): its first heads, their first
+        dims, topology bits and the ranks its head op's data is carried to."""
+        heads = []
+        topology = None
         previous = None
         for req in pending[:MAX_HEADS]:
-            if req.sends is not None and count > 0:
+            if req.sends is not None and heads:
                 break   # a checked op is negotiated alone, at the head
-            slot = self.heads + 3 * count
-            rec[slot] = req.digest()
-            rec[slot + 1] = req.dim0
-            rec[slot + 2] = int(req.fusion_key is not None and req.fusion_key == previous)
+            fuses = req.fusion_key is not None and req.fusion_key == previous
+            heads += (req.digest(), req.dim0, int(fuses))
             previous = req.fusion_key
-            count += 1
             if req.sends is not None:
-                rec[self.topo] = 1
-                rec[self.topo + 1:self.carry] = self.topology_words(req)
+                topology = self.topology_words(req)
                 break
-        rec[0] = int(blocked)
-        rec[1] = count
-        used = self.heads + 3 * count
-        self.mine[:used] = rec[:used]
-        return self.mine[:used]
+        rec = [int(blocked), len(heads) // 3, int(topology is not None)]
+        rec += topology or [0] * (2 * self.words)
+        rec += _bitmap(carried_to, self.words) if carried_to else [0] * self.words
+        rec += heads
+        mine = self.mine[:len(rec)]
+        mine[:] = rec
+        return mine
 
     def carried_data(self, me: int, req: Request, delivered: FrozenSet[int]) -> Optional[Carried]:
         """After a point-to-point round that decided ``req`` first: the data that came for it (None
@@ -153,7 +152,7 @@ class Layout:
             row = self.table[r]
             if r != me and (int(row[word]) >> bit) & 1:
                 start = 8 * (self.heads + 3 * int(row[1]))
-                received[r] = self.inbox[r, start:start + req.nbytes].copy()
+                received[r] = self.inbox[r, start:start + req.nbytes]    # read at launch
         if not received and not delivered:
             return None
         return Carried(received, delivered)
@@ -275,8 +274,10 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
         messages = {r: _joined(joined, raw, carrying.get(r)) for r in others}
         yield ([comm.Irecv(layout.inbox[r], source=r, tag=ROUND_TAG) for r in others]
                + [comm.Isend(messages[r], dest=r, tag=ROUND_TAG) for r in others])
-        for r in others:
-            layout.table[r] = layout.inbox[r, :8 * layout.length].view(np.uint64)
+        for r in others:       # only the used prefix of each record: its head count says how long
+            words = layout.inbox[r, :8 * layout.length].view(np.uint64)
+            used = layout.heads + 3 * int(words[1])
+            layout.table[r, :used] = words[:used]
     else:
         record = layout.record(pending, blocked)
         yield [comm.Iallgather(layout.mine, layout.table)]

@@ -38,7 +38,6 @@ def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, na
 
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
     """Out of place :func:`allreduce_nonblocking_`: the input is left unchanged."""
-    check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
     return allreduce_nonblocking_(tensor, average, is_hierarchical_local, name, _inplace=False)
 
 

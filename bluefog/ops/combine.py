@@ -8,9 +8,12 @@ self term.
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from bluefog.engine.mpi import compute_dtype
+
+_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,8 @@ class Uniform:
         divisor = (len(chosen) + 1) * self.divisor_scale
         if divisor == 1:
             return x.clone()
+        if _numpy_ready(x, received):
+            return _numpy_uniform(x, received, chosen, divisor)
         work = compute_dtype(x.dtype)
         if len(chosen):    # the first addition also allocates the result: one pass fewer
             acc = torch.add(x.to(work), received[chosen[0]].to(work))
@@ -58,6 +63,27 @@ class Weighted:
         if self.divisor != 1:
             acc /= self.divisor
         return acc.to(x.dtype)
+
+
+def _numpy_ready(x: torch.Tensor, received) -> bool:
+    """float32 / float64 CPU tensors, no autograd: numpy does the arithmetic (the same IEEE
+    additions and division as torch, at a fraction of torch's per-call cost on small tensors)."""
+    return (x.dtype in _NUMPY_DTYPES and x.is_cpu and not x.requires_grad
+            and type(received) is torch.Tensor and received.is_cpu
+            and not received.requires_grad and received.dtype == x.dtype)
+
+
+def _numpy_uniform(x: torch.Tensor, received: torch.Tensor, chosen, divisor: int) -> torch.Tensor:
+    mine = x.numpy().reshape(-1)
+    rows = received.numpy().reshape(received.shape[0], -1)
+    if len(chosen):
+        acc = np.add(mine, rows[chosen[0]])
+        for k in chosen[1:]:
+            np.add(acc, rows[k], out=acc)
+    else:
+        acc = mine.copy()
+    np.divide(acc, divisor, out=acc)
+    return torch.from_numpy(acc.reshape(x.shape))
 
 
 def combine_in_place(combine, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:

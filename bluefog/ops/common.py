@@ -155,7 +155,11 @@ def blocking(start: Callable, *args, **kwargs):
     engine = live_context().engine
     engine.add_waiter()
     try:
-        return synchronize(start(*args, **kwargs))
+        handle = start(*args, **kwargs)
+        try:
+            return engine.wait(handle, counted=True)
+        finally:
+            handle.cleared = True
     finally:
         engine.remove_waiter()
 
