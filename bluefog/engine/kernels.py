@@ -195,7 +195,8 @@ def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence
         else:
             requests.append(comm.Irecv(rows[k], source=r, tag=tag))
     requests += [comm.Isend(wire(t), dest=d, tag=tag) for (d, _), t in zip(sends, outgoing)]
-    yield requests
+    if requests:          # (all of it came with the round: done already)
+        yield requests
     return slots
 
 

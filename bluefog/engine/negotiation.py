@@ -113,9 +113,10 @@ class Layout:
         # point-to-point rounds receive each record, and the data it may carry, into an inbox row
         rows = size if size <= P2P_ROUND_LIMIT else 0
         self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
+        self.mine_list: List[int] = []
         # the carried-to bitmaps of a round in which every rank carried to every other rank
-        self.to_all_others = np.array([_bitmap([q for q in range(size) if q != r], self.words)
-                                       for r in range(size)], dtype=np.uint64)
+        self.to_all_others = [_bitmap([q for q in range(size) if q != r], self.words)
+                              for r in range(size)]
 
     def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
         """Fill and return this rank's record (its used prefix): its first heads, their first
@@ -136,22 +137,35 @@ class Layout:
         rec += topology or [0] * (2 * self.words)
         rec += _bitmap(carried_to, self.words) if carried_to else [0] * self.words
         rec += heads
+        self.mine_list = rec
         mine = self.mine[:len(rec)]
         mine[:] = rec
         return mine
 
-    def carried_data(self, me: int, req: Request, delivered: FrozenSet[int]) -> Optional[Carried]:
+    def received_rows(self, me: int) -> List[List[int]]:
+        """After a point-to-point round: every rank's record (the used part), mine included."""
+        rows = []
+        for r in range(self.size):
+            if r == me:
+                rows.append(self.mine_list)
+                continue
+            words = self.inbox[r, :8 * self.length].view(np.uint64)
+            rows.append(words[:self.heads + 3 * int(words[1])].tolist())
+        return rows
+
+    def carried_data(self, rows: List[List[int]], me: int, req: Request,
+                     delivered: FrozenSet[int]) -> Optional[Carried]:
         """After a point-to-point round that decided ``req`` first: the data that came for it (None
         when nothing came, or ``req`` carries to all and not every rank did)."""
-        if req.carry_to_all and not np.array_equal(self.table[:, self.carry:self.heads],
-                                                   self.to_all_others):
+        carry, heads = self.carry, self.heads
+        if req.carry_to_all and any(row[carry:heads] != everyone
+                                    for row, everyone in zip(rows, self.to_all_others)):
             return None
         received = {}
-        word, bit = self.carry + me // 64, me % 64
-        for r in range(self.size):
-            row = self.table[r]
-            if r != me and (int(row[word]) >> bit) & 1:
-                start = 8 * (self.heads + 3 * int(row[1]))
+        word, bit = carry + me // 64, me % 64
+        for r, row in enumerate(rows):
+            if r != me and (row[word] >> bit) & 1:
+                start = 8 * (heads + 3 * row[1])
                 received[r] = self.inbox[r, start:start + req.nbytes]    # read at launch
         if not received and not delivered:
             return None
@@ -169,19 +183,23 @@ class Layout:
 
     def decide_fast(self, table: List[List[int]], pending: Sequence[Request]) -> Optional[Decision]:
         """The common prefix of every rank's heads, or None when there is none."""
-        first = table[0]
+        first, heads = table[0], self.heads
         count = min(row[1] for row in table)
-        common = 0
-        while common < count:
-            slot = self.heads + 3 * common
-            if any(row[slot] != first[slot] for row in table):
-                break
-            common += 1
+        end = heads + 3 * count
+        if all(row[heads:end:3] == first[heads:end:3] for row in table):
+            common = count            # the usual case: every rank has the same heads
+        else:
+            common = 0
+            while common < count:
+                slot = heads + 3 * common
+                if any(row[slot] != first[slot] for row in table):
+                    break
+                common += 1
         if common == 0:
             return None
         decision = Decision()
         for k in range(common):
-            slot = self.heads + 3 * k
+            slot = heads + 3 * k
             decision.ready.append((pending[k], tuple(row[slot + 1] for row in table),
                                    k > 0 and all(row[slot + 2] for row in table)))
         if first[self.topo]:
@@ -267,26 +285,24 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
         if len(pending) == 1 and head.carry is not None and 0 < head.nbytes <= CARRY_MAX:
             carrying = head.carry()
         record = layout.record(pending, blocked, carrying)
-        layout.table[me, :record.size] = record
         others = [r for r in range(layout.size) if r != me]
         raw = record.view(np.uint8)                       # bytes, like the receiving inbox
         joined = {}                                       # one message per distinct payload
         messages = {r: _joined(joined, raw, carrying.get(r)) for r in others}
         yield ([comm.Irecv(layout.inbox[r], source=r, tag=ROUND_TAG) for r in others]
                + [comm.Isend(messages[r], dest=r, tag=ROUND_TAG) for r in others])
-        for r in others:       # only the used prefix of each record: its head count says how long
-            words = layout.inbox[r, :8 * layout.length].view(np.uint64)
-            used = layout.heads + 3 * int(words[1])
-            layout.table[r, :used] = words[:used]
+        rows = layout.received_rows(me)
     else:
         record = layout.record(pending, blocked)
         yield [comm.Iallgather(layout.mine, layout.table)]
-    used = layout.heads + 3 * int(layout.table[:, 1].min())
-    table = layout.table[:, :used].tolist()
+        rows = layout.table[:, :layout.heads + 3 * int(layout.table[:, 1].min())].tolist()
+    used = layout.heads + 3 * min(row[1] for row in rows)
+    table = [row[:used] for row in rows]
     decision = layout.decide_fast(table, pending)
     if decision is not None:
         if decision.ready and layout.size <= P2P_ROUND_LIMIT:
-            decision.carried = layout.carried_data(me, decision.ready[0][0], frozenset(carrying))
+            decision.carried = layout.carried_data(rows, me, decision.ready[0][0],
+                                                   frozenset(carrying))
         return decision
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)

@@ -61,12 +61,7 @@ def _plan(ctx, self_weight, src_weights, dst_weights):
         if dst_weights is not None:
             raise ValueError("Arguments self_weight and src_weights should be presented if enabling "
                              "dynamic topology.")
-        recvs = ctx.in_neighbors()
-        sends = [(r, None) for r in ctx.out_neighbors()]
-        if ctx.is_weighted:
-            own, weights = ctx.recv_weights()
-            return sends, recvs, mix.weighted(float(own), [float(weights[r]) for r in recvs]), False
-        return sends, recvs, mix.uniform(), False
+        return _static_plan(ctx)
     check_float_weight(self_weight, "self_weight")
     src = source_weights(src_weights, ctx.size, ctx.rank)
     if dst_weights is None:
@@ -85,6 +80,27 @@ def _plan(ctx, self_weight, src_weights, dst_weights):
     else:
         combine = mix.weighted(self_weight, [src.get(r, 0.0) for r in recvs])
     return sends, recvs, combine, dynamic
+
+
+def _static_plan(ctx):
+    """The plan of a call without weights: the topology's own (remembered per topology)."""
+    key = (ctx.topology, ctx.is_weighted)
+    cached = _static_plans.get(id(ctx))
+    if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
+        return cached[1]
+    recvs = ctx.in_neighbors()
+    sends = [(r, None) for r in ctx.out_neighbors()]
+    if ctx.is_weighted:
+        own, weights = ctx.recv_weights()
+        plan = sends, recvs, mix.weighted(float(own), [float(weights[r]) for r in recvs]), False
+    else:
+        plan = sends, recvs, mix.uniform(), False
+    _static_plans.clear()
+    _static_plans[id(ctx)] = (key, plan)
+    return plan
+
+
+_static_plans: Dict[int, tuple] = {}
 
 
 @_RENAMED
