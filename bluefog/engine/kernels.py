@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from bluefog.engine import memory
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
@@ -74,7 +75,7 @@ def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], diviso
         return result if output is None else output.copy_(result)
     MPI = mpi()
     if output is None:
-        output = torch.empty_like(tensor)
+        output = memory.empty_like(tensor)
     work_dtype = compute_dtype(tensor.dtype)
     if work_dtype != tensor.dtype:
         work = tensor.to(work_dtype)
@@ -153,7 +154,7 @@ def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
     row = _row_elements(tensor)
     counts = np.array(dim0s, dtype=np.int64) * row
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    output = tensor.new_empty((int(sum(dim0s)),) + tuple(tensor.shape[1:]))
+    output = memory.new_empty(tensor, (int(sum(dim0s)),) + tuple(tensor.shape[1:]))
     received = wire(output)
     yield [comm.Iallgatherv(wire(tensor), [received, counts, displs, datatype(received)])]
     return output
@@ -163,7 +164,7 @@ def neighbor_allgather(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int
                        recvs: Sequence[int], dim0s: Optional[Sequence[int]]):
     """Send ``tensor`` to ``sends``; concatenate what ``recvs`` sent, in the order of ``recvs``."""
     counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
-    output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
+    output = memory.new_empty(tensor, (int(sum(counts)),) + tuple(tensor.shape[1:]))
     requests, start = [], 0
     for r, count in zip(recvs, counts):
         requests.append(comm.Irecv(wire(output[start:start + count]), source=r, tag=tag))

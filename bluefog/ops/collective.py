@@ -2,7 +2,7 @@
 
 import torch
 
-from bluefog.engine import cuda, kernels
+from bluefog.engine import cuda, kernels, memory
 from bluefog.engine.engine import wait_request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
                                 check_tensor, live_context, require, signature, blocking)
@@ -70,7 +70,7 @@ def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
     if job.route == cuda.NCCL:
         return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, _inplace, root_rank,
                                                            job.ready), activity="BROADCAST")
-    output = tensor if _inplace or job.staged else torch.empty_like(tensor)
+    output = tensor if _inplace or job.staged else memory.empty_like(tensor)
     return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
                     activity="BROADCAST")
 
