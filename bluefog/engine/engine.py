@@ -234,7 +234,7 @@ class Engine:
         still is not, block inside MPI until one request completes (MPI then polls in C and
         yields, as a blocking MPI call would; no test-then-wait round trip), otherwise back off
         politely."""
-        backoff = Backoff(spins=_CALLER_SPINS)
+        backoff = None       # made only when needed: most waits never pause
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
@@ -247,8 +247,10 @@ class Engine:
                 finally:
                     self._drive.release()
             if moved:
-                backoff.reset()
+                if backoff is not None:
+                    backoff.reset()
             else:
+                backoff = backoff or Backoff(spins=_CALLER_SPINS)
                 backoff.pause()
 
     def _drive_once(self, timeout: float) -> bool:

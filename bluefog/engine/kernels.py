@@ -46,9 +46,9 @@ class ScratchPool:
         return torch.empty(shape, dtype=dtype)
 
     def give(self, buffer: torch.Tensor) -> None:
-        size = buffer.numel() * buffer.element_size()
-        with self._lock:
-            stack = self._free.setdefault((tuple(buffer.shape), buffer.dtype), [])
+        size = buffer.nbytes
+        with self._lock:      # (a torch.Size hashes and compares as the tuple take() was given)
+            stack = self._free.setdefault((buffer.shape, buffer.dtype), [])
             if size and len(stack) < self.per_shape and self.held + size <= self.limit:
                 stack.append(buffer)
                 self.held += size
@@ -202,8 +202,13 @@ def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence
 
 
 def carry(tensor: torch.Tensor, sends: Sends):
-    """What a neighbor op sends each destination, as bytes (``Request.carry``)."""
-    return {d: wire(scaled(tensor, w)).reshape(-1).view(np.uint8) for d, w in sends}
+    """What a neighbor op sends each destination, as bytes (``Request.carry``); destinations of
+    the same weight share one array (and so one round message)."""
+    by_weight = {}
+    for _, w in sends:
+        if w not in by_weight:
+            by_weight[w] = wire(scaled(tensor, w)).reshape(-1).view(np.uint8)
+    return {d: by_weight[w] for d, w in sends}
 
 
 def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],

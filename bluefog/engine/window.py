@@ -12,8 +12,11 @@ Layout of one rank's region (byte offsets, each part aligned to 64 bytes)::
     [ self: numel elements ]                                        the owner's mirror (win_get)
     [ slot 0 ] [ slot 1 ] ...                                       one per in-neighbour, ascending
 
-Entry ``j`` of the mutex, version and p arrays belongs to the buffer written by rank ``j`` (entry
-``rank`` of p is the owner's own push-sum weight).  A writer finds its slot on a target from the
+Entry ``j`` of the mutex and p arrays belongs to the buffer written by rank ``j`` (entry ``rank`` of
+p is the owner's own push-sum weight).  Entry ``i`` of the version array counts the puts this rank
+has completed to rank ``i``: a writer only bumps its own memory after each put, and the owner of a
+buffer reads the count from the writer's window (a one-sided ``Get``) when it asks for versions, so
+a put moves its data and nothing else.  A writer finds its slot on a target from the
 topology: the slot index is its position among the target's in-neighbours.
 
 The mutex is a test-and-set spin lock on ``Fetch_and_op(REPLACE)`` (not ``Compare_and_swap``, which
@@ -69,38 +72,34 @@ class Window:
         self.mpi_type = datatype(np.empty(0, dtype=self.np_dtype))
         self.meta = _aligned(24 * size)
         self.stride = _aligned(max(self.nbytes, 1))
-        # where this rank writes on each target: its slot, its version entry, its p entry
+        # where this rank writes on each target (its slot, its p entry) and reads its put count
         self.slot_disp = {t: self.meta + self.stride * (1 + k) for t, k in remote_slots.items()}
         self.slot_spec = {t: (d, self.numel, self.mpi_type) for t, d in self.slot_disp.items()}
         self.self_spec = (self.meta, self.numel, self.mpi_type)
-        self.version_spec = (8 * size + 8 * self.rank, 1, MPI.INT64_T)
+        self.version_spec = (8 * size + 8 * self.rank, 1, MPI.INT64_T)   # my count on a writer
         self.p_spec = (16 * size + 8 * self.rank, 1, MPI.DOUBLE)
         nbytes = self.meta + self.stride * (1 + len(self.in_ranks))
         self.win = MPI.Win.Allocate(nbytes, 1, comm=comm)
         raw = np.frombuffer(self.win.tomemory(), dtype=np.uint8)
         self.mutex = raw[0:8 * size].view(np.int64)
-        self.version = raw[8 * size:16 * size].view(np.int64)   # puts received from j, ever
+        self.version = raw[8 * size:16 * size].view(np.int64)   # puts completed to i, ever
         self.p = raw[16 * size:24 * size].view(np.float64)
         self.self_np = self._region(raw, 0)
         self.self_tensor = torch.from_numpy(self.self_np).view(self.shape)
         self.slot_np = {j: self._region(raw, 1 + k) for k, j in enumerate(self.in_ranks)}
         self.slots = {j: torch.from_numpy(a).view(self.shape) for j, a in self.slot_np.items()}
         self._get_into = {j: [a, self.mpi_type] for j, a in self.slot_np.items()}   # for a Get
-        # Versions: each writer Puts its running count of puts into its entry on the target (a
-        # Put is cheaper than an atomic add, and rides in the data's Put, see post()); the owner
-        # remembers what it had seen at its last update, and counts its own gets locally.
-        self._sent_array = np.zeros(size, dtype=np.int64)     # puts to each rank, as MPI reads it
-        self._sent = memoryview(self._sent_array)             # the same, as Python ints (faster)
+        # Versions: each writer counts its completed puts to each target in its own window memory
+        # (``_sent``: the version array as Python ints); an owner reads its writers' counts and
+        # remembers what they were at its last update; it counts its own gets locally.
+        self._sent = memoryview(self.version)
+        self._counts_read = np.zeros(size, dtype=np.int64)
         self._seen = np.zeros(size, dtype=np.int64)
         self._gets = [0] * size
         self._lock = threading.Lock()
         self._views: Dict[int, np.ndarray] = {}
         self._plans: Dict[tuple, tuple] = {}                      # see _unit_plan
-        self._datatypes: list = []                                # of the plans, freed with them
-        # where a put of data + version lands on each target: my slot, then my version entry
-        self._slot_and_version = {t: (0, 1, MPI.Datatype.Create_struct(
-            [self.numel, 1], [d, self.version_spec[0]], [self.mpi_type, MPI.INT64_T]).Commit())
-            for t, d in self.slot_disp.items()}
+        self.unified = self.win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
         self.win.Lock_all(MPI.MODE_NOCHECK)
         self.open = True
 
@@ -123,12 +122,6 @@ class Window:
             found = self._views[ptr] = np.frombuffer(memory, dtype=self.np_dtype)
         return found
 
-    def _forget_plans(self):
-        self._plans.clear()
-        for kind in self._datatypes:
-            kind.Free()
-        self._datatypes.clear()
-
     # ------------------------------------------------------------------ one-sided transfers
     def send(self, tensor: torch.Tensor, targets: Sequence[Tuple[int, float]], accumulate: bool,
              p_self: Optional[float], mutex: bool, reuse: bool = False):
@@ -143,8 +136,8 @@ class Window:
         """
         plan = None
         if reuse and not mutex and p_self is None:
-            found = self._plans.get((tensor.data_ptr(), accumulate, id(targets)))
-            plan = found[2] if found is not None else self._unit_plan(tensor, targets, accumulate)
+            found = self._plans.get((tensor.data_ptr(), id(targets)))
+            plan = found[2] if found is not None else self._unit_plan(tensor, targets)
         if plan is not None:
             win = self.win
             if accumulate:
@@ -152,14 +145,18 @@ class Window:
                 for target, message, spec in plan:
                     win.Accumulate(message, target, spec, SUM)
             else:
-                counts = self._sent
                 for target, message, spec in plan:
-                    counts[target] += 1          # this put's version, which the Put carries
                     win.Put(message, target, spec)
             if len(plan) > 1:
                 win.Flush_all()
             elif plan:
                 win.Flush(plan[0][0])
+            if not accumulate:
+                counts = self._sent                # (_count_puts, inline: the common case)
+                for target, _, _ in plan:
+                    counts[target] += 1
+                if not self.unified:
+                    win.Sync()
             return
         view = self.view_of(tensor)
         if mutex:
@@ -169,6 +166,8 @@ class Window:
                 try:
                     kept = self._post(view, tensor, target, weight, accumulate, p_self)
                     self.win.Flush(target)
+                    if not accumulate:
+                        self._count_puts(((target,),))
                 finally:
                     self.release(target, me)
             return
@@ -179,28 +178,36 @@ class Window:
         elif targets:
             self.win.Flush(targets[0][0])
         del kept                  # referenced until here: mpi4py does not keep send buffers
+        if not accumulate:
+            self._count_puts(targets)
 
-    def _unit_plan(self, tensor: torch.Tensor, targets, accumulate: bool):
+    def _count_puts(self, done):
+        """One more completed put to each ``done[k][0]``, in my window memory, where the targets
+        read it (:meth:`versions`): in the unified memory model a store is visible to remote gets
+        without further calls, in the separate one ``Win_sync`` publishes it."""
+        counts = self._sent
+        for entry in done:
+            counts[entry[0]] += 1
+        if not self.unified:
+            self.win.Sync()
+
+    def _unit_plan(self, tensor: torch.Tensor, targets):
         """For ``tensor`` sent with weight 1 to every target, in one message each: ``(target,
         message, target spec)`` per target; None otherwise.  Kept by the tensor's address (which
         names the same bytes whichever tensor owns them later, see :meth:`view_of`)."""
         if len(self._plans) >= 64:
-            self._forget_plans()
+            self._plans.clear()
         view, plan = self.view_of(tensor), None
         if self.numel <= self.chunk and all(weight == 1.0 for _, weight in targets):
-            if accumulate:
-                message = [view, self.mpi_type]
-                plan = [(t, message, self.slot_spec[t]) for t, _ in targets]
-            else:
-                plan = [(t, self._with_version(view, t), self._slot_and_version[t])
-                        for t, _ in targets]
+            message = [view, self.mpi_type]
+            plan = [(t, message, self.slot_spec[t]) for t, _ in targets]
         # the entry keeps the view (its memory) and the targets (so their id stays theirs)
-        self._plans[(tensor.data_ptr(), accumulate, id(targets))] = (view, targets, plan)
+        self._plans[(tensor.data_ptr(), id(targets))] = (view, targets, plan)
         return plan
 
     def _post(self, view, tensor, target, weight, accumulate, p_self):
-        """Start one target's transfer of :meth:`send` (the general case: separate messages for
-        the data, its p and its version); returns the buffers MPI reads from."""
+        """Start one target's transfer of :meth:`send` (the general case); returns the buffers MPI
+        reads from."""
         MPI, win = self.MPI, self.win
         data = view if weight == 1.0 else scaled(tensor.detach(), weight).numpy()
         if self.numel > self.chunk:
@@ -214,10 +221,6 @@ class Window:
             value = np.array([p_self * weight], dtype=np.float64)
             win.Accumulate([value, MPI.DOUBLE], target, self.p_spec,
                            MPI.SUM if accumulate else MPI.REPLACE)
-        if not accumulate:
-            self._sent[target] += 1                      # this put's version
-            win.Put([self._sent_array[target:target + 1], MPI.INT64_T], target,
-                    self.version_spec)
         return data, value
 
     def _post_pieces(self, data: np.ndarray, target: int, accumulate: bool):
@@ -232,16 +235,6 @@ class Window:
                 win.Accumulate(piece, target, spec, MPI.SUM)
             else:
                 win.Put(piece, target, spec)
-
-    def _with_version(self, view: np.ndarray, target: int):
-        """The message of ``view`` followed by my version cell for ``target``: one derived
-        datatype over absolute addresses (one ``Put`` moves both)."""
-        MPI = self.MPI
-        kind = MPI.Datatype.Create_struct(
-            [self.numel, 1], [view.ctypes.data, self._sent_array[target:].ctypes.data],
-            [self.mpi_type, MPI.INT64_T]).Commit()
-        self._datatypes.append(kind)
-        return [MPI.BOTTOM, 1, kind]
 
     def fetch(self, sources: Sequence[int], mutex: bool):
         """Copy each source's self memory into my slot for it and count a version; complete when
@@ -283,17 +276,26 @@ class Window:
                 win.Get([into[start:start + count], kind], source,
                         (self.meta + start * self.itemsize, count, kind))
 
+    def _writers_counts(self) -> np.ndarray:
+        """Read, from each in-neighbour's window, how many puts it has completed to me."""
+        MPI, win, counts = self.MPI, self.win, self._counts_read
+        for j in self.in_ranks:
+            win.Get([counts[j:j + 1], MPI.INT64_T], j, self.version_spec)
+        if self.in_ranks:
+            win.Flush_all()
+        return counts
+
     def versions(self) -> Dict[int, int]:
         """``{in-neighbour: puts from it + gets from it since the last clear_versions}``."""
-        self.win.Sync()
+        counts = self._writers_counts()
         with self._lock:
-            return {j: int(self.version[j] - self._seen[j] + self._gets[j]) for j in self.in_ranks}
+            return {j: int(counts[j] - self._seen[j] + self._gets[j]) for j in self.in_ranks}
 
     def clear_versions(self):
         """Start counting versions afresh (every in-neighbour back to 0)."""
-        self.win.Sync()
+        counts = self._writers_counts()
         with self._lock:
-            self._seen[:] = self.version
+            self._seen[:] = counts
             self._gets = [0] * self.size
 
     def sync(self):
@@ -330,9 +332,8 @@ class Window:
         self.slot_np.clear()
         self._get_into.clear()
         self._views.clear()
-        self._forget_plans()
-        for _, _, kind in self._slot_and_version.values():
-            kind.Free()
+        self._plans.clear()
+        self._sent.release()
         self.self_tensor = self.self_np = self.mutex = self.version = self.p = None
         self.win.Unlock_all()
         self.win.Free()

@@ -13,8 +13,6 @@ import torch
 
 from bluefog.engine.mpi import compute_dtype
 
-_NUMPY_DTYPES = (torch.float32, torch.float64)
-
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
@@ -68,9 +66,10 @@ class Weighted:
 def _numpy_ready(x: torch.Tensor, received) -> bool:
     """float32 / float64 CPU tensors, no autograd: numpy does the arithmetic (the same IEEE
     additions and division as torch, at a fraction of torch's per-call cost on small tensors)."""
-    return (x.dtype in _NUMPY_DTYPES and x.is_cpu and not x.requires_grad
-            and type(received) is torch.Tensor and received.is_cpu
-            and not received.requires_grad and received.dtype == x.dtype)
+    dtype = x.dtype
+    return ((dtype is torch.float32 or dtype is torch.float64) and type(received) is torch.Tensor
+            and received.dtype is dtype and x.is_cpu and received.is_cpu
+            and not (x.requires_grad or received.requires_grad))
 
 
 def _numpy_uniform(x: torch.Tensor, received: torch.Tensor, chosen, divisor: int) -> torch.Tensor:

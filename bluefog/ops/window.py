@@ -35,6 +35,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from bluefog import context
 from bluefog.context import neighbors
 from bluefog.engine.kernels import scaled
 from bluefog.engine.window import WINDOW_DTYPES, Window, WindowHandle, Worker
@@ -209,7 +210,9 @@ def _scale_(tensor: torch.Tensor, weight: float):
 def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, wait: bool):
     """Validate on the caller, then move the data: right here when ``wait`` and the worker is
     idle (the common blocking call, kept lean), else as a job on the worker (a handle)."""
-    ctx = live_context()
+    ctx = context.current()
+    if ctx.suspended:
+        ctx = live_context()               # raises the error
     entry = ctx.windows.get(name) if type(name) is str else None
     if entry is None:
         entry = lookup(ctx, name)          # raises the error

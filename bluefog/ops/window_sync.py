@@ -1,6 +1,7 @@
 """The local side of windows: ``win_update`` (and ``win_update_then_collect``) and the mutex locks.
 
-``win_update`` touches no remote memory.  It makes remote writes visible (``Win_sync``), combines
+``win_update`` writes no remote memory (it reads the in-neighbours' put counts to clear the
+versions, one-sided).  It makes remote writes visible (``Win_sync``), combines
 the registered tensor with the neighbour buffers in place using the arithmetic shared with
 ``neighbor_allreduce`` (``bluefog.ops.combine``), mirrors p when associated-p is on, optionally
 zeroes the buffers it used, clears every version counter and refreshes the window's self region.
