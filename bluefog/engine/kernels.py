@@ -216,12 +216,27 @@ def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs
                        defer: bool = False):
     """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``; with ``defer``,
     return the received slots (a scratch buffer) for the caller to combine later."""
+    if carried is not None and not defer:
+        output = _combined_from_round(tensor, sends, recvs, combine, carried)
+        if output is not None:
+            return output
     slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
     if defer:
         return slots
     output = combine(tensor, slots)
     scratch.give(slots)
     return output
+
+
+def _combined_from_round(tensor, sends, recvs, combine, carried):
+    """When everything moved with the round (all sent, all received): the combine computed
+    straight from the round's bytes, if the combine can (``of_bytes``); else None."""
+    of_bytes = getattr(combine, "of_bytes", None)
+    received, delivered = carried.received, carried.delivered
+    if (of_bytes is None or any(d not in delivered for d, _ in sends)
+            or any(r not in received for r in recvs)):
+        return None
+    return of_bytes(tensor, [received[r] for r in recvs])
 
 
 def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, members: Sequence[int],

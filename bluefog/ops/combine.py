@@ -31,7 +31,8 @@ class Uniform:
         if divisor == 1:
             return x.clone()
         if _numpy_ready(x, received):
-            return _numpy_uniform(x, received, chosen, divisor)
+            return _numpy_uniform(x, received.numpy().reshape(received.shape[0], -1), chosen,
+                                  divisor)
         work = compute_dtype(x.dtype)
         if len(chosen):    # the first addition also allocates the result: one pass fewer
             acc = torch.add(x.to(work), received[chosen[0]].to(work))
@@ -41,6 +42,19 @@ class Uniform:
             acc = x.to(work, copy=True)
         acc.div_(divisor)
         return acc.to(x.dtype)
+
+    def of_bytes(self, x: torch.Tensor, parts) -> Optional[torch.Tensor]:
+        """``self(x, received)`` for received data given as raw bytes, one array per slot (as it
+        came with a negotiation round): no copy into slots first.  None where only the general
+        path applies (not float32 / float64 on the CPU, autograd, nothing to average)."""
+        dtype = x.dtype
+        chosen = range(len(parts)) if self.slots is None else self.slots
+        divisor = (len(chosen) + 1) * self.divisor_scale
+        if (divisor == 1 or not (dtype is torch.float32 or dtype is torch.float64)
+                or not x.is_cpu or x.requires_grad):
+            return None
+        kind = np.float32 if dtype is torch.float32 else np.float64
+        return _numpy_uniform(x, [part.view(kind) for part in parts], chosen, divisor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +86,9 @@ def _numpy_ready(x: torch.Tensor, received) -> bool:
             and not (x.requires_grad or received.requires_grad))
 
 
-def _numpy_uniform(x: torch.Tensor, received: torch.Tensor, chosen, divisor: int) -> torch.Tensor:
+def _numpy_uniform(x: torch.Tensor, rows, chosen, divisor: int) -> torch.Tensor:
+    """:class:`Uniform` in numpy; ``rows[k]`` is slot k as a flat array of x's dtype."""
     mine = x.numpy().reshape(-1)
-    rows = received.numpy().reshape(received.shape[0], -1)
     if len(chosen):
         acc = np.add(mine, rows[chosen[0]])
         for k in chosen[1:]:

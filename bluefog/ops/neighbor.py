@@ -162,8 +162,8 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
         x = bf.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 0.5},
                                   dst_weights=[(r + 1) % n])            # one-peer ring
     """
-    return blocking(
-        neighbor_allreduce_nonblocking,
+    return blocking(     # (its keywords are checked already: skip the nonblocking one's check)
+        neighbor_allreduce_nonblocking.__wrapped__,
         tensor, self_weight=self_weight, src_weights=src_weights, dst_weights=dst_weights,
         enable_topo_check=enable_topo_check, name=name)
 
