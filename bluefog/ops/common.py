@@ -54,7 +54,14 @@ def check_float_weight(value, argument: str):
 def signature(kind: str, tensor: torch.Tensor, *extra, with_dim0: bool = True) -> tuple:
     """What must agree across ranks for ``kind`` on ``tensor``."""
     shape = tuple(tensor.shape) if with_dim0 else tuple(tensor.shape[1:])
-    return (kind, str(tensor.dtype), tensor.device.type, shape) + extra
+    dtype = tensor.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return (kind, name, tensor.device.type, shape) + extra
+
+
+_DTYPE_NAMES = {}
 
 
 class Submission:

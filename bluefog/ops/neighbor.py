@@ -88,8 +88,8 @@ def _static_plan(ctx):
     cached = _static_plans.get(id(ctx))
     if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
         return cached[1]
-    recvs = ctx.in_neighbors()
-    sends = [(r, None) for r in ctx.out_neighbors()]
+    recvs = tuple(ctx.in_neighbors())       # tuples: shared by every call, never changed
+    sends = tuple((r, None) for r in ctx.out_neighbors())
     if ctx.is_weighted:
         own, weights = ctx.recv_weights()
         plan = sends, recvs, mix.weighted(float(own), [float(weights[r]) for r in recvs]), False
