@@ -5,8 +5,9 @@ Run::
     bfrun -np 4 python benchmarks/bench_ops.py            # prints a markdown table on rank 0
 
 Floors: for neighbor_allreduce, ``Irecv``/``Isend`` with the exponential-2 neighbors plus the same
-uniform average in torch; for allreduce, ``MPI_Allreduce`` on the numpy view.  Each call is timed
-after a barrier; the time of an iteration is the slowest rank's; the table shows medians.
+uniform average (in numpy, as bluefog computes it); for allreduce, ``MPI_Allreduce`` on the numpy
+view.  The methods are timed call by call, round-robin in a shuffled order, each call after a
+barrier; the time of a call is the slowest rank's; the table shows medians.
 """
 
 import argparse
@@ -14,7 +15,7 @@ import argparse
 import torch
 
 import bluefog.torch as bf
-from common import raw_neighbor_average, timed
+from common import raw_neighbor_average, timed_round_robin
 from mpi4py import MPI
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20, "16M": 1 << 24}
@@ -36,16 +37,19 @@ def main():
         x = torch.rand(n)
         slots = torch.empty((len(ins), n))
         result = torch.empty(n)
-        floor_nar = timed(comm, lambda: raw_neighbor_average(comm, x, ins, outs, slots), repeats)
-        ours_nar = timed(comm, lambda: bf.neighbor_allreduce(x, name="bench.nar"), repeats)
-        floor_ar = timed(comm, lambda: comm.Allreduce(x.numpy(), result.numpy()), repeats)
-        ours_ar = timed(comm, lambda: bf.allreduce(x, average=False, name="bench.ar"), repeats)
         scratch = torch.rand(n)   # in place: its values grow to inf, which costs the same
-        inplace_ar = timed(comm, lambda: bf.allreduce_(scratch, average=False, name="bench.ar_"),
-                           repeats)
-        bf.set_skip_negotiate_stage(True)
-        skip_nar = timed(comm, lambda: bf.neighbor_allreduce(x, name="bench.nar"), repeats)
-        bf.set_skip_negotiate_stage(False)
+        skip = (lambda: bf.neighbor_allreduce(x, name="bench.nar"),
+                lambda: bf.set_skip_negotiate_stage(True),
+                lambda: bf.set_skip_negotiate_stage(False))
+        got = timed_round_robin(comm, {
+            "floor_nar": lambda: raw_neighbor_average(comm, x, ins, outs, slots),
+            "nar": lambda: bf.neighbor_allreduce(x, name="bench.nar"),
+            "floor_ar": lambda: comm.Allreduce(x.numpy(), result.numpy()),
+            "ar": lambda: bf.allreduce(x, average=False, name="bench.ar"),
+            "ar_": lambda: bf.allreduce_(scratch, average=False, name="bench.ar_"),
+            "skip_nar": skip}, repeats)
+        floor_nar, ours_nar, skip_nar = got["floor_nar"], got["nar"], got["skip_nar"]
+        floor_ar, ours_ar, inplace_ar = got["floor_ar"], got["ar"], got["ar_"]
         rows.append((label, floor_nar, ours_nar, skip_nar, floor_ar, ours_ar, inplace_ar))
         if bf.rank() == 0:
             print(f"measured {label} ({repeats} calls each)", flush=True)

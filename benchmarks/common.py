@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts (run under ``bfrun``)."""
 
+import random
 import statistics
 import time
 
@@ -24,6 +25,36 @@ def timed(comm, fn, repeats: int, warmup: int = 0) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return slowest_median(comm, times)
+
+
+def timed_round_robin(comm, methods, repeats: int, seed: int = 2020) -> dict:
+    """Median (slowest rank) seconds per call of each method, timed call by call in a fresh
+    shuffled order every round (the same order on every rank), each call after a barrier: drift
+    in the machine's speed hits every method alike.  A method is ``fn`` or ``(fn, before,
+    after)``, where the untimed ``before`` / ``after`` run around the timed call."""
+    plain = {name: m if isinstance(m, tuple) else (m, None, None) for name, m in methods.items()}
+    for fn, before, after in plain.values():       # warm up
+        if before:
+            before()
+        fn()
+        if after:
+            after()
+    times = {name: [] for name in plain}
+    order = sorted(plain)
+    shuffle = random.Random(seed).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        for name in order:
+            fn, before, after = plain[name]
+            if before:
+                before()
+            comm.Barrier()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            if after:
+                after()
+    return {name: slowest_median(comm, t) for name, t in times.items()}
 
 
 def raw_neighbor_average(comm, x, ins, outs, slots):
