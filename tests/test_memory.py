@@ -1,5 +1,6 @@
-"""bluefog.engine.memory: large op outputs on transparent huge pages (no communication)."""
+"""bluefog.engine.memory: large op outputs recycled and on transparent huge pages."""
 
+import gc
 import os
 
 import torch
@@ -40,7 +41,8 @@ def test_aligned_span_covers_whole_huge_pages_inside():
 
 def test_outputs_keep_their_shape_dtype_and_values():
     for source in (torch.arange(10.0), torch.zeros((2048, 1024), dtype=torch.float64),
-                   torch.ones((3, 5), dtype=torch.int32)):
+                   torch.ones((3, 5), dtype=torch.int32), torch.ones(1 << 17, dtype=torch.float16),
+                   torch.ones((), dtype=torch.float32), torch.ones(1 << 16, dtype=torch.bfloat16)):
         out = memory.empty_like(source)
         assert out.shape == source.shape and out.dtype == source.dtype and out.is_contiguous()
         out.copy_(source)
@@ -49,12 +51,40 @@ def test_outputs_keep_their_shape_dtype_and_values():
         assert wide.shape == (4,) + tuple(source.shape) and wide.dtype == source.dtype
 
 
+def test_a_dropped_output_is_reused_and_a_kept_one_is_not():
+    pool = memory.recycler
+    first = memory.empty((1 << 18,), torch.float32)          # 1 MB
+    address = first.data_ptr()
+    kept = first[10:20]                                      # a view keeps the block in use
+    del first
+    gc.collect()
+    second = memory.empty((1 << 18,), torch.float32)
+    assert second.data_ptr() != address, "a block still in use was handed out again"
+    del kept
+    gc.collect()
+    third = memory.empty((1 << 18,), torch.int32)             # same size in bytes, other dtype
+    assert third.data_ptr() == address, "a dropped block was not reused"
+    third.fill_(7)
+    assert int(third.sum()) == 7 * (1 << 18)
+    assert pool.held <= memory.LIMIT_BYTES
+    small = memory.empty((16,), torch.float32)
+    assert small.data_ptr() not in (address, second.data_ptr())
+
+
+def test_the_pool_keeps_at_most_its_limit():
+    pool = memory.Recycler(limit_bytes=3 << 20, per_size=8)
+    blocks = [pool.tensor((1 << 18,), torch.float32) for _ in range(6)]   # 1 MB each
+    del blocks
+    gc.collect()
+    assert pool.held == 3 << 20
+
+
 def test_large_outputs_sit_on_huge_pages_where_the_kernel_offers_them():
     out = memory.empty_like(torch.empty(1 << 23))        # 32 MB
     out.fill_(1.0)
     mode = _thp_mode()
     if mode in ("always", "madvise") and os.path.exists("/proc/self/smaps"):
-        start, end = memory._aligned_span(out.data_ptr(), out.numel() * 4)
+        start, _ = memory._aligned_span(out.data_ptr(), out.numel() * 4)
         assert _anon_huge_kb(start) > 0, "no huge page under a 32 MB output"
     else:       # THP off or not Linux: the advice is not taken, the tensor works all the same
         assert memory._advise is None or mode in (None, "never")
