@@ -210,8 +210,8 @@ def _scale_(tensor: torch.Tensor, weight: float):
 def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, wait: bool):
     """Validate on the caller, then move the data: right here when ``wait`` and the worker is
     idle (the common blocking call, kept lean), else as a job on the worker (a handle)."""
-    ctx = context.current()
-    if ctx.suspended:
+    ctx = context._context
+    if ctx is None or ctx.suspended:
         ctx = live_context()               # raises the error
     entry = ctx.windows.get(name) if type(name) is str else None
     if entry is None:
@@ -220,6 +220,11 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
     if not (type(tensor) is torch.Tensor and tensor.dtype is window.dtype
             and tensor.numel() == window.numel and tensor.is_contiguous()):
         _check_data(entry, tensor, op)     # a subclass that passes, or raises the error
+    if (wait and dst_weights is None and self_weight is None and not require_mutex
+            and not ctx.associated_p and tensor.is_cpu and _worker.idle()
+            and timeline.TIMELINE is None):  # the plainest call: the fewest steps
+        window.send(tensor, entry.default_targets, op == "win_accumulate", None, False, True)
+        return True
     if dst_weights is None:
         targets, reuse = entry.default_targets, True
     else:
@@ -227,16 +232,10 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
                              ctx.rank, ctx.size)
         reuse = False
     host = tensor if tensor.is_cpu else tensor.detach().cpu()    # blocking copy at enqueue
-    associated = ctx.associated_p
+    args = (entry, op, tensor, host, targets, reuse, self_weight, ctx.associated_p, require_mutex)
     if wait and timeline.TIMELINE is None and _worker.idle():
-        if self_weight is None and not associated:     # the plainest call: the fewest steps
-            window.send(host, targets, op == "win_accumulate", None, require_mutex, reuse)
-            return True
-        return _move(entry, op, tensor, host, targets, reuse, self_weight, associated,
-                     require_mutex)
-    job = functools.partial(_move, entry, op, tensor, host, targets, reuse, self_weight,
-                            associated, require_mutex)
-    return _start(job, op, name, wait)
+        return _move(*args)
+    return _start(functools.partial(_move, *args), op, name, wait)
 
 
 def _move(entry: Entry, op: str, tensor, host, targets, reuse: bool, self_weight,
@@ -312,7 +311,7 @@ def win_put(tensor, name, self_weight=None, dst_weights=None, require_mutex=Fals
 
         bf.win_put(x, "x", self_weight=0.5, dst_weights={(bf.rank() + 1) % bf.size(): 0.5})
     """
-    return _send("win_put", tensor, name, self_weight, dst_weights, require_mutex, wait=True)
+    return _send("win_put", tensor, name, self_weight, dst_weights, require_mutex, True)
 
 
 def win_accumulate_nonblocking(tensor, name, self_weight=None, dst_weights=None,
@@ -331,8 +330,7 @@ def win_accumulate(tensor, name, self_weight=None, dst_weights=None, require_mut
         bf.win_accumulate(x, name="x", self_weight=0.5, dst_weights={o: 0.5 / k for o in outs},
                           require_mutex=True)
     """
-    return _send("win_accumulate", tensor, name, self_weight, dst_weights, require_mutex,
-                 wait=True)
+    return _send("win_accumulate", tensor, name, self_weight, dst_weights, require_mutex, True)
 
 
 def win_get_nonblocking(name, src_weights=None, require_mutex=False):
