@@ -73,7 +73,9 @@ class Recycler:
         self.per_size = per_size
         self.held = 0
         self._free: Dict[int, List[np.ndarray]] = {}
-        self._lock = threading.Lock()
+        # re-entrant: a garbage collection inside _give can drop another result, whose finalizer
+        # calls _give again on this thread
+        self._lock = threading.RLock()
 
     def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
         """A new (uninitialised) CPU tensor of ``shape`` and ``dtype`` on a recycled block."""
