@@ -134,29 +134,7 @@ class Window:
         targets), so the messages prepared for it and the tensor's address are kept: the common
         call then costs one MPI call per target and a ``Flush_all``.
         """
-        plan = None
-        if reuse and not mutex and p_self is None:
-            found = self._plans.get((tensor.data_ptr(), id(targets)))
-            plan = found[2] if found is not None else self._unit_plan(tensor, targets)
-        if plan is not None:
-            win = self.win
-            if accumulate:
-                SUM = self.MPI.SUM
-                for target, message, spec in plan:
-                    win.Accumulate(message, target, spec, SUM)
-            else:
-                for target, message, spec in plan:
-                    win.Put(message, target, spec)
-            if len(plan) > 1:
-                win.Flush_all()
-            elif plan:
-                win.Flush(plan[0][0])
-            if not accumulate:
-                counts = self._sent                # (_count_puts, inline: the common case)
-                for target, _, _ in plan:
-                    counts[target] += 1
-                if not self.unified:
-                    win.Sync()
+        if reuse and not mutex and p_self is None and self.send_plain(tensor, targets, accumulate):
             return
         view = self.view_of(tensor)
         if mutex:
@@ -180,6 +158,33 @@ class Window:
         del kept                  # referenced until here: mpi4py does not keep send buffers
         if not accumulate:
             self._count_puts(targets)
+
+    def send_plain(self, tensor: torch.Tensor, targets, accumulate: bool) -> bool:
+        """:meth:`send` of weight-1 data to ``targets`` (one long-lived object, see ``reuse``), no
+        p, no mutex, in one message per target; False (nothing sent) where that does not apply."""
+        found = self._plans.get((tensor.data_ptr(), id(targets)))
+        plan = found[2] if found is not None else self._unit_plan(tensor, targets)
+        if plan is None:
+            return False
+        win = self.win
+        if accumulate:
+            SUM = self.MPI.SUM
+            for target, message, spec in plan:
+                win.Accumulate(message, target, spec, SUM)
+        else:
+            for target, message, spec in plan:
+                win.Put(message, target, spec)
+        if len(plan) > 1:
+            win.Flush_all()
+        elif plan:
+            win.Flush(plan[0][0])
+        if not accumulate:
+            counts = self._sent                    # (_count_puts, inline: the common case)
+            for target, _, _ in plan:
+                counts[target] += 1
+            if not self.unified:
+                win.Sync()
+        return True
 
     def _count_puts(self, done):
         """One more completed put to each ``done[k][0]``, in my window memory, where the targets

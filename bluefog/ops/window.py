@@ -221,10 +221,10 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
             and tensor.numel() == window.numel and tensor.is_contiguous()):
         _check_data(entry, tensor, op)     # a subclass that passes, or raises the error
     if (wait and dst_weights is None and self_weight is None and not require_mutex
-            and not ctx.associated_p and tensor.is_cpu and _worker.idle()
-            and timeline.TIMELINE is None):  # the plainest call: the fewest steps
-        window.send(tensor, entry.default_targets, op == "win_accumulate", None, False, True)
-        return True
+            and not ctx.associated_p and _worker.idle() and timeline.TIMELINE is None
+            and tensor.is_cpu and window.send_plain(tensor, entry.default_targets,
+                                                    op == "win_accumulate")):
+        return True                        # the plainest call: the fewest steps
     if dst_weights is None:
         targets, reuse = entry.default_targets, True
     else:
