@@ -160,6 +160,45 @@ def case_put_default_and_given_dst_weights_and_versions():
         _end()
 
 
+@sizes(2, 4)
+def case_many_source_tensors_and_reused_addresses_put_the_right_data():
+    """Puts and accumulates from many different tensors (more than the prepared messages kept per
+    window), and from new tensors that reuse a freed tensor's address: the targets always get the
+    values of the tensor passed, and every put counts one version (until win_update clears them)."""
+    n, r, ins, outs = _start()
+    try:
+        bf.win_create(_full(0.0), "many", zero_init=True)
+        puts = 0
+        for k in range(150):
+            source = _full(1000 * r + k)                    # a fresh tensor (addresses recycle)
+            assert bf.win_put(source, "many")
+            puts += 1
+            if k % 50 == 49:
+                bf.barrier()
+                assert bf.get_win_version("many") == {j: puts for j in ins}
+                slots = {j: bf.win_update("many", self_weight=0.0,
+                                          neighbor_weights={q: float(q == j) for q in ins},
+                                          clone=True) for j in ins}
+                for j in ins:
+                    close(slots[j], _full(1000 * j + k))
+                puts = 0                                   # win_update clears the versions
+                bf.barrier()
+        bf.win_update("many", self_weight=0.0, neighbor_weights={q: 0.0 for q in ins}, reset=True)
+        bf.barrier()
+        total = 0.0
+        for k in range(70):
+            total += k
+            assert bf.win_accumulate(_full(k + 0.0), "many")
+        bf.barrier()
+        for j in ins:
+            got = bf.win_update("many", self_weight=0.0,
+                                neighbor_weights={q: float(q == j) for q in ins}, clone=True)
+            close(got, _full(total))
+        bf.barrier()
+    finally:
+        _end()
+
+
 @sizes(1, 2, 4)
 def case_put_and_accumulate_scale_the_callers_tensor_and_p():
     n, r, ins, outs = _start()
