@@ -130,7 +130,7 @@ class Engine:
         self.suspended = False        # bf.suspend(): the background thread sleeps
 
         self._drive = threading.Lock()
-        self._state = threading.Condition()
+        self._state = threading.Condition(threading.Lock())   # never taken twice by a thread
         self._submitted: collections.deque = collections.deque()
         self._names: set = set()
         self._pending: List[Request] = []
