@@ -1,7 +1,5 @@
 """allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
 
-import torch
-
 from bluefog.engine import cuda, kernels, memory
 from bluefog.engine.engine import wait_request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
