@@ -10,7 +10,7 @@ import torch
 
 from bluefog import config, context
 from bluefog.context import neighbors
-from bluefog.engine import cuda
+from bluefog.engine import cuda, memory
 from bluefog.errors import ArgumentAssertionError
 from bluefog.timeline import tracer as timeline
 from bluefog.topology import ExponentialGraph, IsTopologyEquivalent, weight_matrix
@@ -67,6 +67,7 @@ def init(topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted:
     ctx = context.create()
     settings = config.read()
     _configure_logging(ctx.rank, settings.log_level, settings.log_hide_time)
+    memory.recycler.limit = settings.output_pool_mb << 20
     global _unknown_checked
     if not _unknown_checked and ctx.rank == 0:
         for name in config.unknown_names():

@@ -20,6 +20,7 @@ NODES_PER_MACHINE = "BLUEFOG_NODES_PER_MACHINE"
 OPS_ON_CPU = "BLUEFOG_OPS_ON_CPU"
 MAX_WIN_SENT_LENGTH = "BLUEFOG_MAX_WIN_SENT_LENGTH"
 START_TIMEOUT = "BLUEFOG_START_TIMEOUT"
+OUTPUT_POOL_MB = "BLUEFOG_OUTPUT_POOL_MB"
 FAILURE_DIR = "BLUEFOG_FAILURE_DIR"
 
 # Per-op switches, read at every op: 1 sends that op's CUDA tensors over MPI (host staging), not NCCL.
@@ -35,8 +36,8 @@ WITHOUT_EFFECT = (
     "BLUEFOG_SLEEP_USEC_FOR_WIN_PASSIVE",
 )
 KNOWN = (LOG_LEVEL, LOG_HIDE_TIME, TIMELINE, FUSION_THRESHOLD, CYCLE_TIME, MPI_THREAD_LEVEL,
-         NODES_PER_MACHINE, OPS_ON_CPU, MAX_WIN_SENT_LENGTH, START_TIMEOUT, FAILURE_DIR
-         ) + tuple(BY_MPI.values()) + WITHOUT_EFFECT
+         NODES_PER_MACHINE, OPS_ON_CPU, MAX_WIN_SENT_LENGTH, START_TIMEOUT, FAILURE_DIR,
+         OUTPUT_POOL_MB) + tuple(BY_MPI.values()) + WITHOUT_EFFECT
 
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
@@ -56,6 +57,7 @@ class Settings:
     nodes_per_machine: Optional[int] = None
     ops_on_cpu: bool = False
     max_win_sent_length: int = 1 << 20
+    output_pool_mb: int = 256
 
 
 def _number(name, cast, default, minimum):
@@ -155,4 +157,5 @@ def read() -> Settings:
         nodes_per_machine=_number(NODES_PER_MACHINE, int, None, 1),
         ops_on_cpu=ops_on_cpu(),
         max_win_sent_length=_number(MAX_WIN_SENT_LENGTH, int, Settings.max_win_sent_length, 1),
+        output_pool_mb=_number(OUTPUT_POOL_MB, int, Settings.output_pool_mb, 0),
     )

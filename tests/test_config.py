@@ -34,14 +34,15 @@ def test_values_are_parsed(clean_env):
     for name, value in [("LOG_LEVEL", "DEBUG"), ("LOG_HIDE_TIME", "1"), ("TIMELINE", "out/tl"),
                         ("FUSION_THRESHOLD", "0"), ("CYCLE_TIME", "2.5"),
                         ("MPI_THREAD_LEVEL", "2"), ("NODES_PER_MACHINE", "2"),
-                        ("OPS_ON_CPU", "1"), ("MAX_WIN_SENT_LENGTH", "64"), ("START_TIMEOUT", "30")]:
+                        ("OPS_ON_CPU", "1"), ("MAX_WIN_SENT_LENGTH", "64"), ("START_TIMEOUT", "30"),
+                        ("OUTPUT_POOL_MB", "0")]:
         clean_env.setenv("BLUEFOG_" + name, value)
     s = config.read()
     assert (s.log_level, s.log_hide_time, s.timeline, s.fusion_threshold, s.cycle_time_ms) == \
         ("debug", True, "out/tl", 0, 2.5)
     assert (s.mpi_thread_level, s.nodes_per_machine, s.ops_on_cpu, s.max_win_sent_length) == \
         ("serialized", 2, True, 64)
-    assert config.start_timeout() == 30.0
+    assert config.start_timeout() == 30.0 and s.output_pool_mb == 0
 
 
 @pytest.mark.parametrize("name,value,needle", [
@@ -55,6 +56,7 @@ def test_values_are_parsed(clean_env):
     ("BLUEFOG_NODES_PER_MACHINE", "0", "BLUEFOG_NODES_PER_MACHINE='0' must be >= 1"),
     ("BLUEFOG_OPS_ON_CPU", "maybe", "is not a switch; use 1 or 0"),
     ("BLUEFOG_MAX_WIN_SENT_LENGTH", "0", "must be >= 1"),
+    ("BLUEFOG_OUTPUT_POOL_MB", "-5", "BLUEFOG_OUTPUT_POOL_MB='-5' must be >= 0"),
 ])
 def test_bad_values_raise_naming_the_variable(clean_env, name, value, needle):
     clean_env.setenv(name, value)

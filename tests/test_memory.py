@@ -89,3 +89,21 @@ def test_large_outputs_sit_on_huge_pages_where_the_kernel_offers_them():
     else:       # THP off or not Linux: the advice is not taken, the tensor works all the same
         assert memory._advise is None or mode in (None, "never")
     assert float(out.sum()) == float(1 << 23)
+
+
+def test_a_pool_of_zero_gives_plain_resizable_tensors():
+    pool, limit = memory.recycler, memory.recycler.limit
+    try:
+        pool.limit = 0                                     # BLUEFOG_OUTPUT_POOL_MB=0 at bf.init()
+        out = memory.empty((1 << 18,), torch.float32)
+        out.resize_(1 << 19)                               # a torch-owned storage can grow
+        assert out.numel() == 1 << 19
+    finally:
+        pool.limit = limit
+    recycled = memory.empty((1 << 18,), torch.float32)
+    try:
+        recycled.resize_(1 << 19)
+        grew = True
+    except RuntimeError:
+        grew = False
+    assert not grew, "a recycled result should be numpy-backed (not resizable)"

@@ -8,7 +8,8 @@ float32 spent as long in page faults as in MPI.  Two remedies, both for CPU outp
 
 * recycling: the output is a view of a block this module keeps; when the last tensor using it is
   gone, the block comes back here and the next output of that size reuses it, already mapped
-  (at most ``PER_SIZE`` blocks per size and ``LIMIT_BYTES`` in all are kept);
+  (at most ``PER_SIZE`` blocks per size and ``BLUEFOG_OUTPUT_POOL_MB`` in all are kept, 256 MB
+  unless set; 0 turns recycling off and outputs are plain ``torch.empty`` tensors);
 * huge pages: new blocks are advised ``MADV_HUGEPAGE`` (honoured when
   ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``), one fault per 2 MB.
 
@@ -109,7 +110,7 @@ def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty(shape, dtype=dtype)``, recycled and on huge pages when large."""
     shape = tuple(int(d) for d in shape)
     kind = _NUMPY.get(dtype)
-    if (kind is not None
+    if (kind is not None and recycler.limit > 0
             and np.prod(shape, dtype=np.int64) * np.dtype(kind).itemsize >= RECYCLE_BYTES):
         return recycler.tensor(shape, dtype)
     return torch.empty(shape, dtype=dtype)
