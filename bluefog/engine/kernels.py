@@ -15,8 +15,6 @@ from bluefog.engine import memory
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
-_NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
-          torch.int32: np.int32, torch.int64: np.int64}
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
 
 
@@ -41,7 +39,7 @@ class ScratchPool:
             stack = self._free.get((shape, dtype))
             if stack:
                 buffer = stack.pop()
-                self.held -= buffer.numel() * buffer.element_size()
+                self.held -= buffer.nbytes
                 return buffer
         return torch.empty(shape, dtype=dtype)
 
@@ -95,10 +93,10 @@ def _summed_from_round(me: int, tensor: torch.Tensor, received, divisor: int) ->
     """``tensor`` (this rank's part) plus the bytes ``received`` from every other rank, added in
     rank order in the compute dtype, divided by ``divisor``: a new tensor.  In numpy, which
     costs a tenth of torch per call on small tensors."""
-    dtype = _NUMPY[tensor.dtype]
+    dtype = memory.NUMPY_DTYPES[tensor.dtype]
     mine = wire(tensor).reshape(-1).view(dtype)
     parts = [mine if r == me else received[r].view(dtype) for r in range(len(received) + 1)]
-    total = np.add(parts[0], parts[1], dtype=_NUMPY[compute_dtype(tensor.dtype)])
+    total = np.add(parts[0], parts[1], dtype=memory.NUMPY_DTYPES[compute_dtype(tensor.dtype)])
     for part in parts[2:]:
         np.add(total, part, out=total)
     if divisor > 1:

@@ -32,9 +32,9 @@ RECYCLE_BYTES = 64 << 10
 LIMIT_BYTES = 256 << 20
 PER_SIZE = 4
 _MADV_HUGEPAGE = 14
-_NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
+NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
           torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
-          torch.uint8: np.uint8, torch.bool: np.bool_}
+          torch.uint8: np.uint8, torch.bool: np.bool_}   # torch dtype -> numpy's (if any)
 
 
 def _madvise():
@@ -80,7 +80,7 @@ class Recycler:
 
     def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
         """A new (uninitialised) CPU tensor of ``shape`` and ``dtype`` on a recycled block."""
-        kind = np.dtype(_NUMPY[dtype])
+        kind = np.dtype(NUMPY_DTYPES[dtype])
         nbytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
         with self._lock:
             stack = self._free.get(nbytes)
@@ -109,7 +109,7 @@ recycler = Recycler()
 def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty(shape, dtype=dtype)``, recycled and on huge pages when large."""
     shape = tuple(int(d) for d in shape)
-    kind = _NUMPY.get(dtype)
+    kind = NUMPY_DTYPES.get(dtype)
     if (kind is not None and recycler.limit > 0
             and np.prod(shape, dtype=np.int64) * np.dtype(kind).itemsize >= RECYCLE_BYTES):
         return recycler.tensor(shape, dtype)

@@ -26,8 +26,7 @@ class Uniform:
     divisor_scale: int = 1
 
     def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-        chosen = range(received.shape[0]) if self.slots is None else self.slots
-        divisor = (len(chosen) + 1) * self.divisor_scale
+        chosen, divisor = self.terms(len(received))
         if divisor == 1:
             return x.clone()
         if _numpy_ready(x, received):
@@ -43,17 +42,19 @@ class Uniform:
         acc.div_(divisor)
         return acc.to(x.dtype)
 
+    def terms(self, count: int):
+        """The slots added (of ``count`` received) and the divisor."""
+        chosen = range(count) if self.slots is None else self.slots
+        return chosen, (len(chosen) + 1) * self.divisor_scale
+
     def of_bytes(self, x: torch.Tensor, parts) -> Optional[torch.Tensor]:
         """``self(x, received)`` for received data given as raw bytes, one array per slot (as it
         came with a negotiation round): no copy into slots first.  None where only the general
         path applies (not float32 / float64 on the CPU, autograd, nothing to average)."""
-        dtype = x.dtype
-        chosen = range(len(parts)) if self.slots is None else self.slots
-        divisor = (len(chosen) + 1) * self.divisor_scale
-        if (divisor == 1 or not (dtype is torch.float32 or dtype is torch.float64)
-                or not x.is_cpu or x.requires_grad):
+        chosen, divisor = self.terms(len(parts))
+        kind = _numpy_kind(x)
+        if divisor == 1 or kind is None:
             return None
-        kind = np.float32 if dtype is torch.float32 else np.float64
         return _numpy_uniform(x, [part.view(kind) for part in parts], chosen, divisor)
 
 
@@ -77,13 +78,20 @@ class Weighted:
         return acc.to(x.dtype)
 
 
-def _numpy_ready(x: torch.Tensor, received) -> bool:
-    """float32 / float64 CPU tensors, no autograd: numpy does the arithmetic (the same IEEE
-    additions and division as torch, at a fraction of torch's per-call cost on small tensors)."""
+def _numpy_kind(x: torch.Tensor):
+    """numpy's dtype for a float32 / float64 CPU tensor outside autograd, else None: there numpy
+    does the arithmetic (the same IEEE additions and division as torch, at a fraction of torch's
+    per-call cost on small tensors)."""
     dtype = x.dtype
-    return ((dtype is torch.float32 or dtype is torch.float64) and type(received) is torch.Tensor
-            and received.dtype is dtype and x.is_cpu and received.is_cpu
-            and not (x.requires_grad or received.requires_grad))
+    if not x.is_cpu or x.requires_grad:
+        return None
+    return np.float32 if dtype is torch.float32 else np.float64 if dtype is torch.float64 else None
+
+
+def _numpy_ready(x: torch.Tensor, received) -> bool:
+    """``x`` and the stacked ``received`` slots can both be combined in numpy."""
+    return (_numpy_kind(x) is not None and type(received) is torch.Tensor
+            and received.dtype is x.dtype and received.is_cpu and not received.requires_grad)
 
 
 def _numpy_uniform(x: torch.Tensor, rows, chosen, divisor: int) -> torch.Tensor:
@@ -103,10 +111,9 @@ def combine_in_place(combine, x: torch.Tensor, received: torch.Tensor) -> torch.
     """``x[...] = combine(x, received)``; a uniform combine in x's own precision needs no temporary
     (the same additions in the same order, so the same bits)."""
     if isinstance(combine, Uniform) and compute_dtype(x.dtype) == x.dtype:
-        chosen = range(received.shape[0]) if combine.slots is None else combine.slots
+        chosen, divisor = combine.terms(received.shape[0])
         for k in chosen:
             x.add_(received[k])
-        divisor = (len(chosen) + 1) * combine.divisor_scale
         if divisor != 1:
             x.div_(divisor)
         return x

@@ -83,11 +83,11 @@ def _plan(ctx, self_weight, src_weights, dst_weights):
 
 
 def _static_plan(ctx):
-    """The plan of a call without weights: the topology's own (remembered per topology)."""
-    key = (ctx.topology, ctx.is_weighted)
-    cached = _static_plans.get(id(ctx))
-    if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
-        return cached[1]
+    """The plan of a call without weights: the topology's own (remembered for the last context and
+    topology: a new ``set_topology`` gives a new topology object)."""
+    global _static
+    if _static is not None and _static[:3] == (ctx, ctx.topology, ctx.is_weighted):
+        return _static[3]
     recvs = tuple(ctx.in_neighbors())       # tuples: shared by every call, never changed
     sends = tuple((r, None) for r in ctx.out_neighbors())
     if ctx.is_weighted:
@@ -95,12 +95,11 @@ def _static_plan(ctx):
         plan = sends, recvs, mix.weighted(float(own), [float(weights[r]) for r in recvs]), False
     else:
         plan = sends, recvs, mix.uniform(), False
-    _static_plans.clear()
-    _static_plans[id(ctx)] = (key, plan)
+    _static = (ctx, ctx.topology, ctx.is_weighted, plan)
     return plan
 
 
-_static_plans: Dict[int, tuple] = {}
+_static = None
 
 
 @_RENAMED

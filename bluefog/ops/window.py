@@ -246,10 +246,11 @@ def _move(entry: Entry, op: str, tensor, host, targets, reuse: bool, self_weight
         raise ValueError(f"{op}: window '{entry.name}' was freed before the op ran.")
     p_self = float(window.p[window.rank]) if associated else None
     window.send(host, targets, op == "win_accumulate", p_self, require_mutex, reuse)
-    if self_weight is not None and float(self_weight) != 1.0:
-        _scale_(tensor, float(self_weight))
+    weight = 1.0 if self_weight is None else float(self_weight)
+    if weight != 1.0:
+        _scale_(tensor, weight)
         if associated:
-            window.p[window.rank] = p_self * float(self_weight)
+            window.p[window.rank] = p_self * weight
     return True
 
 
