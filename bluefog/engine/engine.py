@@ -13,6 +13,8 @@ Runtime model
   busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
   itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
   blocking MPI call would.
+* A blocking small allreduce that finds nothing else in flight skips the queue: its round,
+  prepared once (``lone.py``), runs on the calling thread (:meth:`Engine.run_lone`).
 * ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
   are negotiated, and fused, in one round.
 * With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
@@ -26,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 from bluefog.engine import negotiation
@@ -116,16 +118,19 @@ class Engine:
 
     def __init__(self, world, cycle_time_ms: float = 0.5, fusion_threshold: int = 8 << 20):
         MPI = mpi()
+        self.lone_plans: dict = {}   # prepared lone rounds by the op's own key (see lone.py)
         self.data_comm = world.Dup()
         self.ctrl_comm = world.Dup()
         self.size = world.Get_size()
         self.rank = world.Get_rank()
         tag_ub = self.data_comm.Get_attr(MPI.TAG_UB) or 32767
         self._tag_span = max(1024, min(int(tag_ub), 1 << 30) - 64)
-        self._layout = negotiation.Layout(self.size)
+        self.layout = negotiation.Layout(self.size, self.rank)
         self._cycle = cycle_time_ms / 1000.0
         self._fusion_threshold = fusion_threshold
-        self.stats = {"kernels": 0, "fused_requests": 0, "carried": 0}   # for tests, benchmarks
+        # for tests and benchmarks; "lone": ops done by a lone round (run_lone), "handed_over": lone
+        # rounds that showed other work and were read by the engine
+        self.stats = {"kernels": 0, "fused_requests": 0, "carried": 0, "lone": 0, "handed_over": 0}
         self.skip_negotiation = False
         self.suspended = False        # bf.suspend(): the background thread sleeps
 
@@ -139,7 +144,8 @@ class Engine:
         self._next_round = 0.0
         self._last_submit = 0.0
         self._holding = 0          # open batch() blocks: keep submissions back until they close
-        self._round_started = 0.0
+        self._round_started: Optional[float] = None   # while a round is in flight
+        self._waiting_for: List[str] = []               # the names it negotiates (for warnings)
         self._stall_warned = False
         self.stall_warning_seconds = 60.0
         self._unproductive = 0
@@ -165,6 +171,57 @@ class Engine:
             if not self._waiters and not self._holding:
                 self._state.notify()   # otherwise a waiting caller drives, or batch() will
         return request.handle
+
+    def run_lone(self, plan, tensor, make_request: Callable[[], Request]):
+        """A blocking small allreduce prepared as a lone round (``lone.LoneAllreduce``): run it on
+        this thread now if nothing else is in flight, and return its output; None when the engine
+        is busy or ops are not negotiated (the caller then submits it as usual).  When the round
+        shows another rank with something else, ``make_request()`` gives the op to the engine,
+        which reads the round in full and finishes it."""
+        if not self.may_run_lone() or not self._drive.acquire(blocking=False):
+            return None
+        try:
+            with self._state:
+                if self._closed or not self.idle() or plan.name in self._names:
+                    return None
+                self._names.add(plan.name)
+            self._round_started, self._stall_warned = time.monotonic(), False
+            self._waiting_for = [plan.name]
+            try:
+                decided = plan.exchange(self.ctrl_comm, self.layout, tensor)
+                if decided:
+                    output = plan.result(tensor)
+            except BaseException:
+                self._forget(plan.name)
+                raise
+            finally:
+                self._round_started = None
+            if decided:
+                self._seq += 1
+                self.stats["kernels"] += 1
+                self.stats["carried"] += 1
+                self.stats["lone"] += 1
+                self._unproductive = 0
+                self._forget(plan.name)
+                return output
+            self.stats["handed_over"] += 1
+            request = make_request()
+            self._pending.append(request)
+            rows = self.layout.received_rows()
+            self._start_round(negotiation.settle(self.ctrl_comm, self.layout, rows, [request],
+                                                 plan.delivered))
+        finally:
+            self._drive.release()
+        return self.wait(request.handle)
+
+    def may_run_lone(self) -> bool:
+        """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
+        return (not self.skip_negotiation and _timeline.TIMELINE is None
+                and self.size <= negotiation.P2P_ROUND_LIMIT and self.layout.inbox.shape[0] > 0)
+
+    def _forget(self, name: str):
+        with self._state:
+            self._names.discard(name)
 
     @contextlib.contextmanager
     def batch(self):
@@ -308,10 +365,8 @@ class Engine:
             blocked = self._waiters > 0
             if not blocked and now - self._last_submit < self._cycle:
                 return False   # submissions are still arriving: gather them into one round
-            kernel = negotiation.negotiate(self.ctrl_comm, self._layout, list(self._pending), blocked)
-            self._round = _Running([], kernel)
-            self._round_started = now
-            self._stall_warned = False
+            self._start_round(negotiation.negotiate(self.ctrl_comm, self.layout,
+                                                    list(self._pending), blocked))
         entry = self._round
         if entry.waiting and not mpi().Request.Testall(entry.waiting):
             return False
@@ -320,8 +375,21 @@ class Engine:
             return True
         except StopIteration as stop:
             self._round = None
+            self._round_started = None
             self._apply(stop.value)
             return True
+        except Exception as error:   # a failing round fails what it negotiates, not the engine
+            self._round = None
+            self._round_started = None
+            for req in list(self._pending):
+                self._pending.remove(req)
+                self._finish(req, error=error)
+            return True
+
+    def _start_round(self, kernel):
+        self._round = _Running([], kernel)
+        self._round_started, self._stall_warned = time.monotonic(), False
+        self._waiting_for = [req.name for req in self._pending[:5]]
 
     def _apply(self, decision: negotiation.Decision):
         for req, error in decision.errors:
@@ -383,7 +451,7 @@ class Engine:
 
     def _checked(self, req: Request, kernel):
         """Skip-negotiate mode: the topology check is its own collective before the data moves."""
-        yield from negotiation.check_topology(self.ctrl_comm, self._layout, req)
+        yield from negotiation.check_topology(self.ctrl_comm, self.layout, req)
         return (yield from kernel)
 
     def _step(self, entry: _Running) -> bool:
@@ -439,11 +507,12 @@ class Engine:
 
     def _warn_if_stalled(self):
         """Log once per round when it has waited ``stall_warning_seconds`` for the other ranks."""
-        if (self._round is None or self._stall_warned
-                or time.monotonic() - self._round_started < self.stall_warning_seconds):
+        started = self._round_started
+        if (started is None or self._stall_warned
+                or time.monotonic() - started < self.stall_warning_seconds):
             return
         self._stall_warned = True
-        names = [req.name for req in list(self._pending)[:5]]
+        names = self._waiting_for
         logger.warning("Stalled ops: rank %d has waited %.1f s for the other ranks to submit %s; a "
                        "rank that never calls the same op (with the same name) keeps this one "
                        "waiting.", self.rank, self.stall_warning_seconds, names)
@@ -470,6 +539,10 @@ class Engine:
             self._running.clear()
             for req in leftovers:
                 self._finish(req, error=ShutdownError(SHUT_DOWN))
+            try:
+                self.layout.free()
+            except Exception:  # MPI may already be finalized at interpreter exit
+                pass
             for comm in (self.data_comm, self.ctrl_comm):
                 try:
                     comm.Free()

@@ -40,6 +40,7 @@ P2P_ROUND_LIMIT = 32   # up to this many ranks a round is point-to-point (one ho
 ROUND_TAG = 1
 MAX_SLOW_SUMMARIES = 512
 CARRY_MAX = 16 * 1024   # bytes of op data that may ride with a round record
+MAX_SEND_LENGTHS = 32   # distinct round message lengths kept as persistent sends
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
 
@@ -65,6 +66,9 @@ class Carried:
     # the next round starts (the kernel reads it when launched, right after the decision)
     received: Dict[int, np.ndarray]
     delivered: FrozenSet[int]         # ranks this rank already sent its data to
+    # an op carried to all: every rank's data (this rank's own included), one row per rank in rank
+    # order, as bytes: a view of the inbox (read at launch, like ``received``)
+    stacked: Optional[np.ndarray] = None
 
 
 def _bitmap(ranks, words: int) -> List[int]:
@@ -101,19 +105,30 @@ class Layout:
     length in ``Iallgather`` rounds.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, me: int):
         self.size = size
+        self.me = me
         self.words = (size + 63) // 64
         self.topo = 2
         self.carry = self.topo + 1 + 2 * self.words
         self.heads = self.carry + self.words
         self.length = self.heads + 3 * MAX_HEADS
-        self.mine = np.zeros(self.length, dtype=np.uint64)
         self.table = np.zeros((size, self.length), dtype=np.uint64)
-        # point-to-point rounds receive each record, and the data it may carry, into an inbox row
+        # point-to-point rounds receive each record, and the data it may carry, into an inbox row;
+        # this rank's own row is its outbox: its record, then the data it carries
         rows = size if size <= P2P_ROUND_LIMIT else 0
         self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
+        self.others = [r for r in range(size) if r != me]
+        if rows:
+            self.outbox = self.inbox[me]
+            self.mine = self.outbox[:8 * self.length].view(np.uint64)
+            # every record up to its first head: all a round of lone ops needs to read
+            self.first_heads = self.inbox[:, :8 * (self.heads + 3)].view(np.uint64)
+        else:
+            self.mine = np.zeros(self.length, dtype=np.uint64)
         self.mine_list: List[int] = []
+        self._receives: list = []      # persistent: one per other rank, into its inbox row
+        self._sends: Dict[int, list] = {}   # persistent, per message length: the outbox to all
         # the carried-to bitmaps of a round in which every rank carried to every other rank
         self.to_all_others = [_bitmap([q for q in range(size) if q != r], self.words)
                               for r in range(size)]
@@ -142,25 +157,35 @@ class Layout:
         mine[:] = rec
         return mine
 
-    def received_rows(self, me: int) -> List[List[int]]:
+    def lone_record(self, rank: int, digest: int, dim0: int, blocked: bool = True) -> List[int]:
+        """The record :meth:`record` makes on ``rank`` when its only pending op is ``digest``
+        (not topology-checked), carried to every other rank."""
+        return ([int(blocked), 1, 0] + [0] * (2 * self.words) + self.to_all_others[rank]
+                + [digest, dim0, 0])
+
+    def received_rows(self) -> List[List[int]]:
         """After a point-to-point round: every rank's record (the used part), mine included."""
         rows = []
         for r in range(self.size):
-            if r == me:
+            if r == self.me:
                 rows.append(self.mine_list)
                 continue
             words = self.inbox[r, :8 * self.length].view(np.uint64)
             rows.append(words[:self.heads + 3 * int(words[1])].tolist())
         return rows
 
-    def carried_data(self, rows: List[List[int]], me: int, req: Request,
+    def carried_data(self, rows: List[List[int]], req: Request,
                      delivered: FrozenSet[int]) -> Optional[Carried]:
         """After a point-to-point round that decided ``req`` first: the data that came for it (None
-        when nothing came, or ``req`` carries to all and not every rank did)."""
-        carry, heads = self.carry, self.heads
-        if req.carry_to_all and any(row[carry:heads] != everyone
-                                    for row, everyone in zip(rows, self.to_all_others)):
-            return None
+        when nothing came, or ``req`` carries to all and not every rank did).  ``rows`` need to
+        reach only each record's first head."""
+        carry, heads, me = self.carry, self.heads, self.me
+        if req.carry_to_all:
+            if any(row[carry:heads] != everyone for row, everyone in zip(rows, self.to_all_others)):
+                return None
+            # every record is a lone one, and this rank's data follows its record in the outbox
+            start = 8 * (heads + 3)
+            return Carried({}, delivered, self.inbox[:, start:start + req.nbytes])
         received = {}
         word, bit = carry + me // 64, me % 64
         for r, row in enumerate(rows):
@@ -170,6 +195,78 @@ class Layout:
         if not received and not delivered:
             return None
         return Carried(received, delivered)
+
+    def lone_decision(self, pending: Sequence[Request], carrying) -> Optional[Decision]:
+        """After a point-to-point round in which this rank had a single op: the verdict read from
+        every record's first head alone when all of them are that op (a loop of blocking ops:
+        the usual case); None when the round must be read in full.  Decides as
+        :meth:`decide_fast` does."""
+        if len(pending) != 1:
+            return None
+        rows = self.first_heads.tolist()
+        rows[self.me] = self.mine_list
+        heads, topo = self.heads, self.topo
+        digest = self.mine_list[heads]
+        for row in rows:
+            if not row[1] or row[heads] != digest or row[topo]:
+                return None
+        req = pending[0]
+        decision = Decision(ready=[(req, tuple(row[heads + 1] for row in rows), False)])
+        decision.carried = self.carried_data(rows, req, frozenset(carrying))
+        return decision
+
+    def post(self, comm, record: np.ndarray, carrying: Dict[int, np.ndarray]) -> list:
+        """Start a point-to-point round: receive every other rank's record (and what it carries)
+        into its inbox row; send each the record (at the head of the outbox) and the data carried
+        there.  One carried array (the usual case) is put after the record in the outbox, so every
+        message is a slice of it; that same message to everyone goes by persistent requests."""
+        MPI = mpi()
+        receives = self.receives(comm)
+        payloads = {id(data): data for data in carrying.values()}
+        end = record.nbytes
+        if len(payloads) == 1:
+            data, = payloads.values()
+            self.outbox[end:end + data.nbytes] = data
+            end += data.nbytes
+        if len(payloads) == 1 and len(carrying) == self.size - 1:     # (as an allreduce carries)
+            requests = receives + self.sends(comm, end)
+            MPI.Prequest.Startall(requests)
+            return requests
+        MPI.Prequest.Startall(receives)
+        if len(payloads) <= 1:
+            carried, plain = self.outbox[:end], record
+            messages = {r: carried if r in carrying else plain for r in self.others}
+        else:
+            joined = {}                                       # one message per distinct payload
+            messages = {r: _joined(joined, record, carrying.get(r)) for r in self.others}
+        return receives + [comm.Isend(message, dest=r, tag=ROUND_TAG)
+                           for r, message in messages.items()]
+
+    def receives(self, comm) -> list:
+        """The persistent receives of a point-to-point round (made on first use)."""
+        if not self._receives:
+            self._receives = [comm.Recv_init(self.inbox[r], source=r, tag=ROUND_TAG)
+                              for r in self.others]
+        return self._receives
+
+    def sends(self, comm, length: int) -> list:
+        """Persistent sends of the outbox's first ``length`` bytes to every other rank (kept for
+        the last few lengths; older ones are freed, never while in use: rounds run one at a
+        time and complete before the next starts)."""
+        found = self._sends.get(length)
+        if found is None:
+            if len(self._sends) >= MAX_SEND_LENGTHS:
+                for request in self._sends.pop(next(iter(self._sends))):
+                    request.Free()
+            found = self._sends[length] = [
+                comm.Send_init(self.outbox[:length], dest=r, tag=ROUND_TAG) for r in self.others]
+        return found
+
+    def free(self):
+        """Free the persistent requests (before the communicator goes)."""
+        for request in self._receives + [r for group in self._sends.values() for r in group]:
+            request.Free()
+        self._receives, self._sends = [], {}
 
     def topology_words(self, req: Request) -> List[int]:
         """The send bitmap then the receive bitmap of a checked request."""
@@ -272,37 +369,41 @@ def _joined(cache: dict, record: np.ndarray, data: Optional[np.ndarray]) -> np.n
 
 def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
-    MPI = mpi()
     if layout.size == 1:
         previous, ready = None, []
         for req in pending:
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
         return Decision(ready=ready)
-    me, carrying = comm.Get_rank(), {}
-    if layout.size <= P2P_ROUND_LIMIT:
-        head = pending[0]
-        if len(pending) == 1 and head.carry is not None and 0 < head.nbytes <= CARRY_MAX:
-            carrying = head.carry()
-        record = layout.record(pending, blocked, carrying)
-        others = [r for r in range(layout.size) if r != me]
-        raw = record.view(np.uint8)                       # bytes, like the receiving inbox
-        joined = {}                                       # one message per distinct payload
-        messages = {r: _joined(joined, raw, carrying.get(r)) for r in others}
-        yield ([comm.Irecv(layout.inbox[r], source=r, tag=ROUND_TAG) for r in others]
-               + [comm.Isend(messages[r], dest=r, tag=ROUND_TAG) for r in others])
-        rows = layout.received_rows(me)
-    else:
-        record = layout.record(pending, blocked)
+    if layout.size > P2P_ROUND_LIMIT:
+        layout.record(pending, blocked)
         yield [comm.Iallgather(layout.mine, layout.table)]
         rows = layout.table[:, :layout.heads + 3 * int(layout.table[:, 1].min())].tolist()
+        return (yield from settle(comm, layout, rows, pending, frozenset()))
+    carrying = {}
+    head = pending[0]
+    if len(pending) == 1 and head.carry is not None and 0 < head.nbytes <= CARRY_MAX:
+        carrying = head.carry()
+    record = layout.record(pending, blocked, carrying).view(np.uint8)   # bytes, like the inbox
+    yield layout.post(comm, record, carrying)
+    decision = layout.lone_decision(pending, carrying)
+    if decision is not None:
+        return decision
+    return (yield from settle(comm, layout, layout.received_rows(), pending, frozenset(carrying)))
+
+
+def settle(comm, layout: Layout, rows: List[List[int]], pending: List[Request],
+           delivered: FrozenSet[int]):
+    """The rest of a round once every record is in (``rows``, this rank's included; ``delivered``:
+    the ranks this rank carried its head op's data to): decide, by the common prefix when there
+    is one, else by the slow path's exchange of summaries.  A kernel, like :func:`negotiate`."""
+    MPI = mpi()
     used = layout.heads + 3 * min(row[1] for row in rows)
     table = [row[:used] for row in rows]
     decision = layout.decide_fast(table, pending)
     if decision is not None:
         if decision.ready and layout.size <= P2P_ROUND_LIMIT:
-            decision.carried = layout.carried_data(rows, me, decision.ready[0][0],
-                                                   frozenset(carrying))
+            decision.carried = layout.carried_data(rows, decision.ready[0][0], delivered)
         return decision
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)

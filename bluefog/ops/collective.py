@@ -1,37 +1,47 @@
 """allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
 
-from bluefog.engine import cuda, kernels, memory
+from bluefog.engine import cuda, kernels, memory, negotiation
 from bluefog.engine.engine import wait_request
+from bluefog.engine.lone import LoneAllreduce
+from bluefog.engine.request import Request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
-                                check_tensor, live_context, require, signature, blocking)
+                                blocking, check_tensor, live_context, require, signature, submit)
+
+MAX_LONE_PLANS = 256
 
 
 def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
                            _inplace=True):
     """In place: sum (or average) ``tensor`` over all ranks, or over the machine with
     ``is_hierarchical_local=True``.  Returns a handle; ``synchronize`` gives back ``tensor``."""
-    check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
+    return submit(_allreduce_request(tensor, average, is_hierarchical_local, name, _inplace))
+
+
+def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) -> Request:
+    given, tensor = tensor, check_tensor(tensor, ALLREDUCE_DTYPES, "allreduce")
     if average:
         require(tensor.dtype in FLOAT_DTYPES,
                 "If average is set in allreduce, only float or double tensor is allowed.")
-    job = Submission("allreduce", name, tensor if _inplace else None)
+    job = Submission("allreduce", name, tensor if inplace else None)
     comm = job.ctx.local_comm if is_hierarchical_local else job.ctx.engine.data_comm
     divisor = comm.Get_size() if average else 1
     sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
     source = tensor
-    tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, _inplace)
+    tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, inplace)
+    if inplace:
+        job.hand_back(given, source)
     if job.route == cuda.NCCL:
-        return job.send(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, _inplace, divisor,
-                                                           job.ready), activity="ALLREDUCE")
-    output = tensor if _inplace or job.staged else None     # None: the kernel allocates it
+        return job.request(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, inplace, divisor,
+                                                              job.ready), activity="ALLREDUCE")
+    output = tensor if inplace or job.staged else None     # None: the kernel allocates it
     carry = None if is_hierarchical_local else lambda: kernels.carry_to_all(comm, tensor)
-    return job.send(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor,
-                                                          launch.carried),
-                    activity="ALLREDUCE", carry=carry, carry_to_all=True,
-                    fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
-                    fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
-                    fuse=lambda group, launch: kernels.fused_allreduce(
-                        comm, [r.fusion_part for r in group], divisor))
+    return job.request(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor,
+                                                             launch.carried),
+                       activity="ALLREDUCE", carry=carry, carry_to_all=True,
+                       fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
+                       fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
+                       fuse=lambda group, launch: kernels.fused_allreduce(
+                           comm, [r.fusion_part for r in group], divisor))
 
 
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
@@ -46,17 +56,39 @@ def allreduce(tensor, average=True, is_hierarchical_local=False, name=None):
 
         mean = bf.allreduce(torch.tensor([float(bf.rank())]))   # (size-1)/2 everywhere
     """
-    return blocking(allreduce_nonblocking, tensor, average, is_hierarchical_local, name)
+    return _blocking_allreduce(tensor, average, is_hierarchical_local, name, False)
 
 
 def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
     """In-place :func:`allreduce`; returns ``tensor``."""
-    return blocking(allreduce_nonblocking_, tensor, average, is_hierarchical_local, name)
+    return _blocking_allreduce(tensor, average, is_hierarchical_local, name, True)
+
+
+def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
+    """A named small CPU allreduce runs as a lone round prepared once (engine/lone.py) when the
+    engine has nothing else in flight; anything else is submitted and waited for."""
+    engine = live_context().engine
+    args = (tensor, average, is_hierarchical_local, name, inplace)
+    key = (name, average, is_hierarchical_local, inplace)
+    plan = engine.lone_plans.get(key)
+    if plan is None or not plan.fits(tensor):
+        if name is None or is_hierarchical_local or not LoneAllreduce.may_take(tensor):
+            return blocking(allreduce_nonblocking_, *args)
+        request = _allreduce_request(*args)      # (checks the arguments)
+        if not 0 < request.nbytes <= negotiation.CARRY_MAX or not engine.may_run_lone():
+            return blocking(submit, request)
+        if len(engine.lone_plans) >= MAX_LONE_PLANS:
+            engine.lone_plans.clear()
+        plan = engine.lone_plans[key] = LoneAllreduce(
+            engine.layout, request.name, request.digest(), tensor, engine.size if average else 1,
+            inplace)
+    output = engine.run_lone(plan, tensor, lambda: _allreduce_request(*args))
+    return blocking(allreduce_nonblocking_, *args) if output is None else output
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
     """In place: overwrite ``tensor`` with ``root_rank``'s value.  Returns a handle."""
-    check_tensor(tensor, MOVE_DTYPES, "broadcast")
+    given, tensor = tensor, check_tensor(tensor, MOVE_DTYPES, "broadcast")
     size = live_context().size
     if not isinstance(root_rank, int) or not 0 <= root_rank < size:
         raise ValueError(f"Argument root_rank must be an int in [0, {size}), got {root_rank!r}.")
@@ -65,6 +97,8 @@ def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
     sig = signature("broadcast", tensor, int(root_rank))
     source = tensor
     tensor = job.place("broadcast", tensor, _inplace)
+    if _inplace:
+        job.hand_back(given, source)
     if job.route == cuda.NCCL:
         return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, _inplace, root_rank,
                                                            job.ready), activity="BROADCAST")
@@ -90,7 +124,7 @@ def broadcast_(tensor, root_rank, name=None):
 
 def allgather_nonblocking(tensor, name=None):
     """Concatenation of every rank's ``tensor`` along dim 0 (first dims may differ).  A handle."""
-    check_tensor(tensor, MOVE_DTYPES, "allgather")
+    tensor = check_tensor(tensor, MOVE_DTYPES, "allgather")
     if tensor.dim() == 0:
         raise ValueError("allgather: tried to allgather a rank-zero tensor; give it at least one "
                          "dimension (e.g. tensor.reshape(1)).")

@@ -29,7 +29,9 @@ def live_context():
 
 
 def check_tensor(tensor, allowed, op: str) -> torch.Tensor:
-    """Validate the tensor argument of ``op``: a contiguous CPU or CUDA tensor of an allowed dtype."""
+    """Validate the tensor argument of ``op``: a contiguous CPU or CUDA tensor of an allowed dtype.
+    Returns what the op reads and writes: ``tensor``, or its detached alias (its ``.data``) when it
+    requires grad, since the ops are not autograd-aware (spec §3.2)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: argument 'tensor' must be a torch.Tensor, got {type(tensor).__name__}.")
     if not tensor.is_contiguous():
@@ -43,7 +45,7 @@ def check_tensor(tensor, allowed, op: str) -> torch.Tensor:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise ValueError(f"Tensor type {tensor.type()} is not supported. {op} takes {names}"
                          f"{' on CUDA' if tensor.is_cuda else ''}.")
-    return tensor
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def check_float_weight(value, argument: str):
@@ -105,20 +107,36 @@ class Submission:
         self.handle.convert = cuda.staged_back(tensor, inplace)
         return cuda.to_host(tensor)
 
+    def hand_back(self, given: torch.Tensor, used: torch.Tensor):
+        """An in-place op on ``used``, the detached alias of ``given`` (which requires grad):
+        ``synchronize`` returns ``given`` itself, as for any in-place op."""
+        if given is used:
+            return
+        inner = self.handle.convert
+        self.handle.convert = lambda output: (inner(output), given)[1] if inner else given
+
     @property
     def staged(self) -> bool:
         """The op works on a private host copy of a CUDA tensor (so it may work in place on it)."""
         return self.route == cuda.STAGED
 
-    def send(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
-             recvs=None, activity: str = "OP", **fusion) -> Handle:
-        """Submit; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse``, ``nbytes`` and
-        ``carry`` and ``carry_to_all`` (see :class:`~bluefog.engine.request.Request`)."""
+    def request(self, sig: tuple, start: Callable[[Launch], object], dim0: int = 0, sends=None,
+                recvs=None, activity: str = "OP", **fusion) -> Request:
+        """The op for the engine; ``fusion`` holds ``fusion_key``, ``fusion_part``, ``fuse``,
+        ``nbytes`` and ``carry`` and ``carry_to_all`` (see :class:`~bluefog.engine.request.Request`)."""
         if self.route is not None:     # ranks must agree on the route as on the device
             sig = sig + (self.route,)
-        request = Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
-                          dim0=dim0, sends=sends, recvs=recvs, activity=activity, **fusion)
-        return self.ctx.engine.submit(request)
+        return Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
+                       dim0=dim0, sends=sends, recvs=recvs, activity=activity, **fusion)
+
+    def send(self, *args, **kwargs) -> Handle:
+        """Submit :meth:`request` (same arguments); returns its handle."""
+        return submit(self.request(*args, **kwargs))
+
+
+def submit(request: Request) -> Handle:
+    """Hand ``request`` to the engine; returns its handle."""
+    return context.current().engine.submit(request)
 
 
 def poll(handle) -> bool:

@@ -62,7 +62,7 @@ def hierarchical_neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src
                                                 dst_machine_weights=None, enable_topo_check=False,
                                                 name=None):
     """Nonblocking :func:`hierarchical_neighbor_allreduce`; returns a handle."""
-    check_tensor(tensor, FLOAT_DTYPES, "hierarchical_neighbor_allreduce")
+    tensor = check_tensor(tensor, FLOAT_DTYPES, "hierarchical_neighbor_allreduce")
     ctx = live_context()
     sends, recvs, combine = _machine_plan(ctx, self_weight, src_machine_weights, dst_machine_weights)
     leader = ctx.local_size

@@ -110,7 +110,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     ``_into_at_sync`` (for the optimizers, CPU tensors): the average is computed by ``synchronize``
     in the caller's thread, into ``tensor`` itself, without a new output tensor.
     """
-    check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
+    tensor = check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
     ctx = live_context()
     sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
     checked = bool(dynamic and enable_topo_check)
@@ -170,7 +170,7 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
                                    name=None):
     """Concatenate the in-neighbors' tensors along dim 0; returns a handle."""
-    check_tensor(tensor, MOVE_DTYPES, "neighbor_allgather")
+    tensor = check_tensor(tensor, MOVE_DTYPES, "neighbor_allgather")
     if tensor.dim() == 0:
         raise ValueError("neighbor_allgather: tried to allgather a rank-zero tensor; give it at least "
                          "one dimension.")
@@ -213,7 +213,7 @@ def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_ch
 
 def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
     """Exchange with ``target_rank`` (which must call it too) and combine; skip-negotiate only."""
-    check_tensor(tensor, FLOAT_DTYPES, "pair_gossip")
+    tensor = check_tensor(tensor, FLOAT_DTYPES, "pair_gossip")
     ctx = live_context()
     if not ctx.engine.skip_negotiation:
         raise ValueError("pair gossip operation does not support to run under with negotiate stage; "

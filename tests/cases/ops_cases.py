@@ -47,6 +47,47 @@ def case_allreduce_zero_dim_inplace_and_nonblocking():
         assert bf.synchronize(h).item() == sum(range(n)) / n + k
 
 
+def case_ops_read_the_data_of_tensors_that_require_grad():
+    """The ops are not autograd-aware (spec §3.2): given a tensor that requires grad they read and
+    write its ``.data``, and return plain tensors; in place, the tensor itself is returned."""
+    n, r = bf.size(), bf.rank()
+    x = torch.full((4,), float(r + 1), requires_grad=True)
+    total = n * (n + 1) / 2
+    for name in (None, "grad.ar"):      # (a named one runs as a lone round)
+        out = bf.allreduce(x, average=False, name=name)
+        assert not out.requires_grad and out.tolist() == [total] * 4
+    rows = bf.allgather(x, name="grad.ag")
+    assert rows.shape == (4 * n,) and not rows.requires_grad
+    assert bf.broadcast(x, 0, name="grad.bc").tolist() == [1.0] * 4
+    nar = bf.neighbor_allreduce(x, name="grad.nar")
+    ins = bf.in_neighbor_ranks()
+    close(nar, torch.full((4,), (r + 1 + sum(q + 1 for q in ins)) / (len(ins) + 1)))
+    nag = bf.neighbor_allgather(x.reshape(1, 4), name="grad.nag")
+    assert nag.shape == (len(ins), 4)
+    w = torch.full((3,), float(r), requires_grad=True)
+    assert bf.allreduce_(w, average=False, name="grad.inplace") is w
+    assert w.requires_grad and w.detach().tolist() == [float(sum(range(n)))] * 3
+    assert bf.allreduce(torch.ones(2), average=False, name="grad.after").tolist() == [n, n]
+
+
+@sizes(2, 4)
+def case_a_round_that_fails_fails_its_ops_and_the_engine_goes_on():
+    """An error while a round is prepared (here: on every rank, before anything is sent) reaches
+    the waiting caller as that error; the engine keeps working."""
+    from bluefog.engine import kernels
+
+    def broken(comm, tensor):
+        raise RuntimeError("carry failed on purpose")
+
+    saved, kernels.carry_to_all = kernels.carry_to_all, broken
+    try:
+        handle = bf.allreduce_nonblocking(torch.ones(3), name="round.fails")
+        expect_error(RuntimeError, "on purpose", bf.synchronize, handle)
+    finally:
+        kernels.carry_to_all = saved
+    assert bf.allreduce(torch.ones(3), average=False, name="round.after").tolist() == [bf.size()] * 3
+
+
 def case_allreduce_rejects_bad_input():
     expect_error(AssertionError, "only float or double", bf.allreduce, torch.ones(3, dtype=torch.int32))
     expect_error(ValueError, "not supported", bf.allreduce, torch.ones(3, dtype=torch.bool))
@@ -462,6 +503,48 @@ def case_small_allreduce_is_summed_from_the_round():
     assert stats["carried"] == before, "a burst was carried"
     for k, out in enumerate(outs):
         close(out, torch.ones(3) * k)
+
+
+@sizes(2, 4)
+def case_blocking_allreduce_alone_meets_other_work_on_other_ranks():
+    """A blocking allreduce with nothing else in flight runs as a lone round on the caller's thread
+    (engine/lone.py).  Its round is an ordinary one: when another rank has other work pending the
+    round is read in full (handed over), and when another rank calls the op nonblocking both
+    paths agree; every op ends right, with the same bits on every rank."""
+    from bluefog import context
+    r, n = bf.rank(), bf.size()
+    stats = context.current().engine.stats
+    x = torch.arange(5, dtype=torch.float32) * (r + 1) / 7
+    want = torch.arange(5, dtype=torch.float64) * sum(range(1, n + 1)) / 7 / n
+    bf.barrier()
+    lone, handed = stats["lone"], stats["handed_over"]
+    if r == 0:            # rank 0 has another op pending: its record is no lone one
+        first = bf.allreduce_nonblocking(x * 2, name="lone.first")
+        main = bf.allreduce(x, name="lone.main")
+        second = bf.synchronize(first)
+    else:                 # the others try the lone round, see rank 0's record, hand it over
+        main = bf.allreduce(x, name="lone.main")
+        second = bf.allreduce(x * 2, name="lone.first")
+    close(main.double(), want, atol=1e-6)
+    close(second.double(), 2 * want, atol=1e-6)
+    if r != 0:
+        assert stats["handed_over"] >= handed + 1, "the lone round did not see rank 0's other op"
+    for k in range(3):    # odd ranks wait on a nonblocking call: its round looks the same
+        if r % 2:
+            out = bf.synchronize(bf.allreduce_nonblocking_(x.clone(), name="lone.mixed"))
+        else:
+            out = bf.allreduce_(x.clone(), name="lone.mixed")
+        close(out.double(), want, atol=1e-6)
+        everyone = bf.allgather(out.reshape(1, -1), name="lone.check")
+        assert all(torch.equal(row, everyone[0]) for row in everyone), "ranks differ"
+    before = stats["lone"]
+    for shape, dtype in [((5,), torch.float32), ((2, 3), torch.float32), ((2, 3), torch.int64),
+                         ((), torch.float64)]:   # one name, a new plan whenever the tensor changes
+        t = torch.full(shape, r + 1, dtype=dtype)
+        out = bf.allreduce(t, average=False, name="lone.refit")
+        assert out.dtype == dtype and out.shape == t.shape
+        assert torch.equal(out, torch.full(shape, n * (n + 1) // 2, dtype=dtype)), out
+    assert stats["lone"] >= before + 4 and stats["lone"] > lone, "blocking allreduce ran no lone round"
 
 
 @sizes(2, 4)
