@@ -13,8 +13,9 @@ Runtime model
   busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
   itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
   blocking MPI call would.
-* A blocking small allreduce that finds nothing else in flight skips the queue: its round,
-  prepared once (``lone.py``), runs on the calling thread (:meth:`Engine.run_lone`).
+* A blocking small allreduce or static neighbor_allreduce that finds nothing else in flight
+  skips the queue: its round, prepared once (``lone.py``), runs on the calling thread
+  (:meth:`Engine.run_lone`).
 * ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
   are negotiated, and fused, in one round.
 * With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
@@ -47,6 +48,7 @@ _DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_
 _STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
 _SKIP_TAG = 7
 _CALLER_SPINS = 200
+MAX_LONE_PLANS = 256        # prepared lone rounds kept (lone.py)
 
 
 class Backoff:
@@ -173,11 +175,11 @@ class Engine:
         return request.handle
 
     def run_lone(self, plan, tensor, make_request: Callable[[], Request]):
-        """A blocking small allreduce prepared as a lone round (``lone.LoneAllreduce``): run it on
-        this thread now if nothing else is in flight, and return its output; None when the engine
-        is busy or ops are not negotiated (the caller then submits it as usual).  When the round
-        shows another rank with something else, ``make_request()`` gives the op to the engine,
-        which reads the round in full and finishes it."""
+        """A blocking small op prepared as a lone round (``lone.LoneRound``): run it on this thread
+        now if nothing else is in flight, and return its output; None when the engine is busy or
+        lone rounds do not apply (the caller then submits it as usual).  When the round shows
+        another rank with something else, ``make_request()`` gives the op to the engine, which
+        reads the round in full and finishes it."""
         if not self.may_run_lone() or not self._drive.acquire(blocking=False):
             return None
         try:
@@ -218,6 +220,12 @@ class Engine:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
         return (not self.skip_negotiation and _timeline.TIMELINE is None
                 and self.size <= negotiation.P2P_ROUND_LIMIT and self.layout.inbox.shape[0] > 0)
+
+    def keep_lone_plan(self, key, plan):
+        """Remember a prepared lone round (at most ``MAX_LONE_PLANS``: then start over)."""
+        if len(self.lone_plans) >= MAX_LONE_PLANS:
+            self.lone_plans.clear()
+        self.lone_plans[key] = plan
 
     def _forget(self, name: str):
         with self._state:

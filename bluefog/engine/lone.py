@@ -1,12 +1,12 @@
-"""A blocking allreduce of a small tensor, with nothing else in flight, run on the caller's thread.
+"""Blocking small ops with nothing else in flight, run on the caller's thread: lone rounds.
 
-A loop of ``bf.allreduce(x, name=...)`` needs one negotiation round per call, and in a
-point-to-point round a lone small allreduce sends its data along with its record to every rank
-(negotiation.py, "carried data"), so that round is the whole op.  A :class:`LoneAllreduce`
-prepares it once per name, dtype, shape and flavour: the record this rank sends, the records it
-expects from the others, where the data goes and where everyone's arrives, and persistent
-requests.  A call then copies the tensor in, starts and waits for the requests, compares the
-records, and adds the rows up.
+A loop of ``bf.allreduce(x, name=...)`` or ``bf.neighbor_allreduce(x, name=...)`` needs one
+negotiation round per call, and in a point-to-point round a lone small op sends its data along
+with its record (negotiation.py, "carried data"), so that round is the whole op.  A
+:class:`LoneRound` prepares it once per op, dtype and shape: the record this rank sends, the
+records it expects from the others, where its data goes and where the others' arrive, and
+persistent requests.  A call then copies the tensor in, starts and waits for the requests,
+compares the records, and computes the result from the receive buffer.
 
 The messages are exactly those of an ordinary round, so ranks on this path and ranks that are not
 (another op pending, a nonblocking call) agree.  When a record differs from the expected one, the
@@ -14,10 +14,12 @@ engine reads the round in full as it reads any round (:meth:`Engine.run_lone`).
 
 Example::
 
-    plan = LoneAllreduce(layout, "allreduce.loss", digest, tensor, divisor=1, inplace=False)
+    plan = LoneAllreduce(layout, request, tensor, divisor=1, inplace=False)
     if plan.fits(tensor) and plan.exchange(comm, layout, tensor):
         total = plan.result(tensor)
 """
+
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,29 +28,32 @@ from bluefog.engine.kernels import summed_rows
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
 from bluefog.engine.negotiation import Layout
+from bluefog.engine.request import Request
 
 
-class LoneAllreduce:
-    """The prepared round of one blocking allreduce (see the module docstring)."""
+class LoneRound:
+    """The prepared round of one blocking op whose data rides with its record.  ``carried_to[r]``
+    lists the ranks rank ``r`` sends its data to (every rank runs the same op)."""
 
-    __slots__ = ("name", "dtype", "shape", "divisor", "inplace", "record", "header", "expected",
-                 "length", "mine", "stacked", "delivered")
+    __slots__ = ("name", "dtype", "shape", "record", "header", "expected", "start", "length", "mine",
+                 "data_to", "record_to", "delivered")
 
-    def __init__(self, layout: Layout, name: str, digest: int, tensor: torch.Tensor, divisor: int,
-                 inplace: bool):
-        self.name = name
+    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor,
+                 carried_to: Sequence[Sequence[int]]):
+        me, digest, dim0 = layout.me, request.digest(), request.dim0
+        self.name = request.name
         self.dtype = tensor.dtype
         self.shape = tensor.shape
-        self.divisor = divisor
-        self.inplace = inplace
-        self.record = layout.lone_record(layout.me, digest, 0)
+        self.record = layout.lone_record(digest, dim0, carried_to[me])
         self.header = np.array(self.record, dtype=np.uint64).view(np.uint8)
-        self.expected = [(r, layout.lone_record(r, digest, 0)[1:]) for r in layout.others]
-        start = self.header.nbytes
-        self.length = start + tensor.numel() * tensor.element_size()
-        self.mine = layout.outbox[start:self.length].view(NUMPY_DTYPES[tensor.dtype])
-        self.stacked = layout.inbox[:, start:self.length]
-        self.delivered = frozenset(layout.others)
+        self.expected = [(r, layout.lone_record(digest, dim0, carried_to[r])[1:])
+                         for r in layout.others]
+        self.start = self.header.nbytes
+        self.length = self.start + request.nbytes
+        self.mine = layout.outbox[self.start:self.length].view(NUMPY_DTYPES[tensor.dtype])
+        self.data_to = tuple(carried_to[me])
+        self.record_to = tuple(r for r in layout.others if r not in self.data_to)
+        self.delivered = frozenset(self.data_to)
 
     @staticmethod
     def may_take(tensor) -> bool:
@@ -63,18 +68,58 @@ class LoneAllreduce:
                 and tensor.is_contiguous())
 
     def exchange(self, comm, layout: Layout, tensor: torch.Tensor) -> bool:
-        """Run the round: send this rank's record and data to every rank, receive theirs.  True
-        when every record is the expected one (the op is decided, its data all here)."""
+        """Run the round: send this rank's record (with its data where it carries it), receive
+        everyone's.  True when every record is the expected one (the op is decided, its data
+        here)."""
         MPI = mpi()
-        layout.outbox[:self.header.size] = self.header
+        layout.outbox[:self.start] = self.header
         np.copyto(self.mine, tensor.numpy().reshape(-1))
         layout.mine_list = self.record
-        requests = layout.receives(comm) + layout.sends(comm, self.length)
+        requests = layout.receives(comm) + layout.sends(comm, self.length, self.data_to)
+        if self.record_to:
+            requests = requests + layout.sends(comm, self.start, self.record_to)
         MPI.Prequest.Startall(requests)
         MPI.Request.Waitall(requests)
         rows = layout.first_heads.tolist()
         return all(rows[r][1:] == words for r, words in self.expected)
 
+    def data_of(self, layout: Layout, rank: int) -> np.ndarray:
+        """Where ``rank``'s data lands in the inbox (as bytes; this rank's own: its outbox)."""
+        return layout.inbox[rank, self.start:self.length]
+
+
+class LoneAllreduce(LoneRound):
+    """allreduce / allreduce_: every rank carries to every other; the rows are added in rank order
+    (``kernels.summed_rows``, as the engine's carried allreduce does)."""
+
+    __slots__ = ("divisor", "inplace", "stacked")
+
+    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor, divisor: int,
+                 inplace: bool):
+        everyone = range(layout.size)
+        super().__init__(layout, request, tensor, [[q for q in everyone if q != r] for r in everyone])
+        self.divisor = divisor
+        self.inplace = inplace
+        self.stacked = layout.inbox[:, self.start:self.length]
+
     def result(self, tensor: torch.Tensor) -> torch.Tensor:
         """The op's output once :meth:`exchange` returned True."""
         return summed_rows(self.stacked, tensor, tensor if self.inplace else None, self.divisor)
+
+
+class LoneNeighborAllreduce(LoneRound):
+    """neighbor_allreduce on the static topology: each rank carries to its out-neighbors; the
+    result is ``combine.of_bytes`` of what came from the in-neighbors (as the engine's carried
+    neighbor_allreduce computes it)."""
+
+    __slots__ = ("combine", "parts")
+
+    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor,
+                 out_neighbors: Sequence[Sequence[int]], recvs: Sequence[int], combine):
+        super().__init__(layout, request, tensor, out_neighbors)
+        self.combine = combine
+        self.parts = [self.data_of(layout, r) for r in recvs]
+
+    def result(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The op's output once :meth:`exchange` returned True."""
+        return self.combine.of_bytes(tensor, self.parts)

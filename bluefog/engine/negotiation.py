@@ -40,7 +40,7 @@ P2P_ROUND_LIMIT = 32   # up to this many ranks a round is point-to-point (one ho
 ROUND_TAG = 1
 MAX_SLOW_SUMMARIES = 512
 CARRY_MAX = 16 * 1024   # bytes of op data that may ride with a round record
-MAX_SEND_LENGTHS = 32   # distinct round message lengths kept as persistent sends
+MAX_PERSISTENT_SENDS = 32   # (message length, destinations) kept as persistent sends
 TOPOLOGY_MISMATCH = "Src(recv from) and dst(send to) neighbor ranks do not match"
 
 
@@ -128,7 +128,7 @@ class Layout:
             self.mine = np.zeros(self.length, dtype=np.uint64)
         self.mine_list: List[int] = []
         self._receives: list = []      # persistent: one per other rank, into its inbox row
-        self._sends: Dict[int, list] = {}   # persistent, per message length: the outbox to all
+        self._sends: Dict[tuple, list] = {}   # persistent, by (message length, destinations)
         # the carried-to bitmaps of a round in which every rank carried to every other rank
         self.to_all_others = [_bitmap([q for q in range(size) if q != r], self.words)
                               for r in range(size)]
@@ -157,10 +157,11 @@ class Layout:
         mine[:] = rec
         return mine
 
-    def lone_record(self, rank: int, digest: int, dim0: int, blocked: bool = True) -> List[int]:
-        """The record :meth:`record` makes on ``rank`` when its only pending op is ``digest``
-        (not topology-checked), carried to every other rank."""
-        return ([int(blocked), 1, 0] + [0] * (2 * self.words) + self.to_all_others[rank]
+    def lone_record(self, digest: int, dim0: int, carried_to: Sequence[int],
+                    blocked: bool = True) -> List[int]:
+        """The record :meth:`record` makes when the only pending op is ``digest`` (not
+        topology-checked), its data carried to ``carried_to``."""
+        return ([int(blocked), 1, 0] + [0] * (2 * self.words) + _bitmap(carried_to, self.words)
                 + [digest, dim0, 0])
 
     def received_rows(self) -> List[List[int]]:
@@ -229,7 +230,7 @@ class Layout:
             self.outbox[end:end + data.nbytes] = data
             end += data.nbytes
         if len(payloads) == 1 and len(carrying) == self.size - 1:     # (as an allreduce carries)
-            requests = receives + self.sends(comm, end)
+            requests = receives + self.sends(comm, end, self.others)
             MPI.Prequest.Startall(requests)
             return requests
         MPI.Prequest.Startall(receives)
@@ -249,17 +250,18 @@ class Layout:
                               for r in self.others]
         return self._receives
 
-    def sends(self, comm, length: int) -> list:
-        """Persistent sends of the outbox's first ``length`` bytes to every other rank (kept for
-        the last few lengths; older ones are freed, never while in use: rounds run one at a
-        time and complete before the next starts)."""
-        found = self._sends.get(length)
+    def sends(self, comm, length: int, dests: Sequence[int]) -> list:
+        """Persistent sends of the outbox's first ``length`` bytes to ``dests`` (kept for the last
+        few (length, dests); older ones are freed, never while in use: rounds run one at a time
+        and complete before the next starts)."""
+        key = (length, tuple(dests))
+        found = self._sends.get(key)
         if found is None:
-            if len(self._sends) >= MAX_SEND_LENGTHS:
+            if len(self._sends) >= MAX_PERSISTENT_SENDS:
                 for request in self._sends.pop(next(iter(self._sends))):
                     request.Free()
-            found = self._sends[length] = [
-                comm.Send_init(self.outbox[:length], dest=r, tag=ROUND_TAG) for r in self.others]
+            found = self._sends[key] = [
+                comm.Send_init(self.outbox[:length], dest=r, tag=ROUND_TAG) for r in dests]
         return found
 
     def free(self):

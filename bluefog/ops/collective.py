@@ -1,13 +1,12 @@
 """allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
 
-from bluefog.engine import cuda, kernels, memory, negotiation
+from bluefog.engine import cuda, kernels, memory
 from bluefog.engine.engine import wait_request
 from bluefog.engine.lone import LoneAllreduce
 from bluefog.engine.request import Request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
-                                blocking, check_tensor, live_context, require, signature, submit)
-
-MAX_LONE_PLANS = 256
+                                blocking, blocking_lone, check_tensor, live_context, require,
+                                signature, submit)
 
 
 def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
@@ -65,25 +64,12 @@ def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
 
 
 def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
-    """A named small CPU allreduce runs as a lone round prepared once (engine/lone.py) when the
-    engine has nothing else in flight; anything else is submitted and waited for."""
-    engine = live_context().engine
+    """A named small CPU allreduce runs as a lone round when nothing else is in flight."""
     args = (tensor, average, is_hierarchical_local, name, inplace)
-    key = (name, average, is_hierarchical_local, inplace)
-    plan = engine.lone_plans.get(key)
-    if plan is None or not plan.fits(tensor):
-        if name is None or is_hierarchical_local or not LoneAllreduce.may_take(tensor):
-            return blocking(allreduce_nonblocking_, *args)
-        request = _allreduce_request(*args)      # (checks the arguments)
-        if not 0 < request.nbytes <= negotiation.CARRY_MAX or not engine.may_run_lone():
-            return blocking(submit, request)
-        if len(engine.lone_plans) >= MAX_LONE_PLANS:
-            engine.lone_plans.clear()
-        plan = engine.lone_plans[key] = LoneAllreduce(
-            engine.layout, request.name, request.digest(), tensor, engine.size if average else 1,
-            inplace)
-    output = engine.run_lone(plan, tensor, lambda: _allreduce_request(*args))
-    return blocking(allreduce_nonblocking_, *args) if output is None else output
+    key = None if name is None or is_hierarchical_local else ("allreduce", name, average, inplace)
+    return blocking_lone(key, tensor, lambda: _allreduce_request(*args),
+                         lambda request, engine: LoneAllreduce(
+                             engine.layout, request, tensor, engine.size if average else 1, inplace))
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):

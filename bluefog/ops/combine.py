@@ -50,12 +50,17 @@ class Uniform:
     def of_bytes(self, x: torch.Tensor, parts) -> Optional[torch.Tensor]:
         """``self(x, received)`` for received data given as raw bytes, one array per slot (as it
         came with a negotiation round): no copy into slots first.  None where only the general
-        path applies (not float32 / float64 on the CPU, autograd, nothing to average)."""
+        path applies (see :meth:`reads_bytes`)."""
         chosen, divisor = self.terms(len(parts))
         kind = _numpy_kind(x)
         if divisor == 1 or kind is None:
             return None
         return _numpy_uniform(x, [part.view(kind) for part in parts], chosen, divisor)
+
+    def reads_bytes(self, x: torch.Tensor, count: int) -> bool:
+        """:meth:`of_bytes` computes the result for ``x`` and ``count`` received parts (it checks
+        the same): float32 / float64 on the CPU outside autograd, with something to average."""
+        return self.terms(count)[1] != 1 and _numpy_kind(x) is not None
 
 
 @dataclasses.dataclass(frozen=True)

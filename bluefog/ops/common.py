@@ -8,6 +8,8 @@ import torch
 
 from bluefog import context
 from bluefog.engine import Handle, Request, cuda
+from bluefog.engine.lone import LoneRound
+from bluefog.engine.negotiation import CARRY_MAX
 from bluefog.engine.request import Launch
 from bluefog.errors import ArgumentAssertionError
 
@@ -187,6 +189,25 @@ def blocking(start: Callable, *args, **kwargs):
             handle.cleared = True
     finally:
         engine.remove_waiter()
+
+
+def blocking_lone(key, tensor, build: Callable[[], Request], plan: Callable[..., object]):
+    """A blocking op that may run as a lone round (``engine/lone.py``): the plan kept under
+    ``key`` (None: never, e.g. a nameless op), made by ``plan(request, engine)`` (None where it
+    cannot apply) when missing or made for another dtype or shape; otherwise, or when the engine
+    is busy, ``build()``'s request is submitted and waited for."""
+    engine = live_context().engine
+    lone = engine.lone_plans.get(key)
+    if lone is None or not lone.fits(tensor):
+        if key is None or not LoneRound.may_take(tensor) or not engine.may_run_lone():
+            return blocking(submit, build())
+        request = build()                        # (checks the arguments)
+        lone = plan(request, engine) if 0 < request.nbytes <= CARRY_MAX else None
+        if lone is None:
+            return blocking(submit, request)
+        engine.keep_lone_plan(key, lone)
+    output = engine.run_lone(lone, tensor, build)
+    return blocking(submit, build()) if output is None else output
 
 
 def require(condition: bool, message: str):

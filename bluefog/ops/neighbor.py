@@ -4,11 +4,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from bluefog.context import neighbors
 from bluefog.engine import cuda, kernels
+from bluefog.engine.lone import LoneNeighborAllreduce
+from bluefog.engine.request import Request
 from bluefog.ops import combine as mix
-from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, check_float_weight,
-                                check_tensor, live_context, renamed_keywords, signature,
-                                blocking)
+from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, blocking, blocking_lone,
+                                check_float_weight, check_tensor, live_context, renamed_keywords,
+                                signature, submit)
 
 _RENAMED = renamed_keywords(neighbor_weights="src_weights", send_neighbors="dst_weights")
 
@@ -110,6 +113,12 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     ``_into_at_sync`` (for the optimizers, CPU tensors): the average is computed by ``synchronize``
     in the caller's thread, into ``tensor`` itself, without a new output tensor.
     """
+    return submit(_neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights,
+                                              enable_topo_check, name, _into_at_sync))
+
+
+def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
+                                name, _into_at_sync=False) -> Request:
     tensor = check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
     ctx = live_context()
     sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
@@ -122,7 +131,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
     source = tensor
     tensor = job.place("neighbor_allreduce", tensor)
     if job.route == cuda.NCCL:
-        return job.send(sig, lambda launch: cuda.neighbor_allreduce(
+        return job.request(sig, lambda launch: cuda.neighbor_allreduce(
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     defer = bool(_into_at_sync) and job.route is None
     if defer:
@@ -132,7 +141,7 @@ def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None
         fusion_part=(tensor, combine),
         fuse=lambda group, launch: kernels.fused_neighbor_allreduce(
             comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
-    return job.send(
+    return job.request(
         sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine,
                                                        launch.carried, defer),
         nbytes=tensor.numel() * tensor.element_size(), carry=lambda: kernels.carry(tensor, sends),
@@ -161,10 +170,23 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
         x = bf.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 0.5},
                                   dst_weights=[(r + 1) % n])            # one-peer ring
     """
-    return blocking(     # (its keywords are checked already: skip the nonblocking one's check)
-        neighbor_allreduce_nonblocking.__wrapped__,
-        tensor, self_weight=self_weight, src_weights=src_weights, dst_weights=dst_weights,
-        enable_topo_check=enable_topo_check, name=name)
+    args = (tensor, self_weight, src_weights, dst_weights, enable_topo_check, name)
+    static = self_weight is None and src_weights is None and dst_weights is None
+    ctx = live_context()
+    key = (("neighbor_allreduce", name, ctx.topology, ctx.is_weighted)
+           if static and name is not None else None)
+    return blocking_lone(key, tensor, lambda: _neighbor_allreduce_request(*args),
+                         lambda request, engine: _lone_plan(ctx, engine, request, tensor))
+
+
+def _lone_plan(ctx, engine, request, tensor) -> Optional[LoneNeighborAllreduce]:
+    """The lone round of a static ``neighbor_allreduce`` whose result numpy computes from the
+    received bytes (a uniform average of float32 / float64 with at least one in-neighbor)."""
+    _, recvs, combine, _ = _static_plan(ctx)
+    if not (isinstance(combine, mix.Uniform) and combine.reads_bytes(tensor, len(recvs))):
+        return None
+    out_neighbors = [neighbors(ctx.topology, r, incoming=False) for r in range(ctx.size)]
+    return LoneNeighborAllreduce(engine.layout, request, tensor, out_neighbors, recvs, combine)
 
 
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,

@@ -548,6 +548,51 @@ def case_blocking_allreduce_alone_meets_other_work_on_other_ranks():
 
 
 @sizes(2, 4)
+def case_blocking_neighbor_allreduce_alone_meets_other_work_on_other_ranks():
+    """The lone round of a blocking static neighbor_allreduce: the same bits as the plain exchange
+    (skip-negotiate mode) whether ranks call it blocking or nonblocking, handed over to the engine
+    when a rank has other work pending, and a new plan after ``set_topology``."""
+    from bluefog import context
+    r, n = bf.rank(), bf.size()
+    stats = context.current().engine.stats
+    for dtype in (torch.float32, torch.float64):
+        x = (torch.arange(12.0).reshape(3, 4) * (r + 1) / 7).to(dtype)
+        bf.set_skip_negotiate_stage(True)
+        try:
+            plain = bf.neighbor_allreduce(x, name="nlone.plain")
+        finally:
+            bf.set_skip_negotiate_stage(False)
+        before = stats["lone"]
+        for k in range(3):
+            if r % 2:
+                out = bf.synchronize(bf.neighbor_allreduce_nonblocking(x, name="nlone.mixed"))
+            else:
+                out = bf.neighbor_allreduce(x, name="nlone.mixed")
+            assert out.dtype == dtype and torch.equal(out, plain), (k, out, plain)
+        assert r % 2 or stats["lone"] == before + 3, "blocking neighbor_allreduce ran no lone round"
+        handed = stats["handed_over"]
+        if r == 0:
+            first = bf.neighbor_allreduce_nonblocking(x * 2, name="nlone.first")
+            main = bf.neighbor_allreduce(x, name="nlone.main")
+            second = bf.synchronize(first)
+        else:
+            main = bf.neighbor_allreduce(x, name="nlone.main")
+            second = bf.neighbor_allreduce(x * 2, name="nlone.first")
+        assert torch.equal(main, plain), (main, plain)
+        close(second.double(), 2 * plain.double(), atol=1e-5)
+        if r != 0:
+            assert stats["handed_over"] >= handed + 1, "the lone round did not see rank 0's op"
+    bf.set_topology(topology_util.RingGraph(n))
+    try:
+        x = torch.full((4,), float(r))
+        ring = bf.neighbor_allreduce(x, name="nlone.topology")
+        ins = bf.in_neighbor_ranks()
+        close(ring, torch.full((4,), (r + sum(ins)) / (len(ins) + 1)))
+    finally:
+        bf.set_topology(topology_util.ExponentialGraph(n))
+
+
+@sizes(2, 4)
 def case_rounds_by_allgather_above_the_point_to_point_limit():
     """Worlds above ``P2P_ROUND_LIMIT`` ranks negotiate with one ``Iallgather`` per round (and carry
     no data); forced here by lowering the limit on every rank while the engine is idle."""
