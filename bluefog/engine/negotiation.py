@@ -251,17 +251,18 @@ class Layout:
         return self._receives
 
     def sends(self, comm, length: int, dests: Sequence[int]) -> list:
-        """Persistent sends of the outbox's first ``length`` bytes to ``dests`` (kept for the last
-        few (length, dests); older ones are freed, never while in use: rounds run one at a time
-        and complete before the next starts)."""
+        """Persistent sends of the outbox's first ``length`` bytes to ``dests``, kept for the
+        (length, dests) used last; the least recently used beyond ``MAX_PERSISTENT_SENDS`` are
+        freed, never while in use: rounds run one at a time, complete before the next starts, and
+        take at most two groups."""
         key = (length, tuple(dests))
-        found = self._sends.get(key)
+        found = self._sends.pop(key, None)
         if found is None:
             if len(self._sends) >= MAX_PERSISTENT_SENDS:
                 for request in self._sends.pop(next(iter(self._sends))):
                     request.Free()
-            found = self._sends[key] = [
-                comm.Send_init(self.outbox[:length], dest=r, tag=ROUND_TAG) for r in dests]
+            found = [comm.Send_init(self.outbox[:length], dest=r, tag=ROUND_TAG) for r in dests]
+        self._sends[key] = found       # (now the most recently used)
         return found
 
     def free(self):

@@ -545,6 +545,10 @@ def case_blocking_allreduce_alone_meets_other_work_on_other_ranks():
         assert out.dtype == dtype and out.shape == t.shape
         assert torch.equal(out, torch.full(shape, n * (n + 1) // 2, dtype=dtype)), out
     assert stats["lone"] >= before + 4 and stats["lone"] > lone, "blocking allreduce ran no lone round"
+    from bluefog.engine.negotiation import MAX_PERSISTENT_SENDS
+    for count in range(1, MAX_PERSISTENT_SENDS + 9):   # more message lengths than are kept
+        out = bf.allreduce(torch.full((count,), r + 1.0), average=False, name=f"lone.len{count % 3}")
+        assert out.tolist() == [n * (n + 1) / 2] * count, (count, out)
 
 
 @sizes(2, 4)
