@@ -63,9 +63,8 @@ class LoneRound:
 
     def fits(self, tensor) -> bool:
         """``tensor`` is one this plan was made for (dtype, shape, :meth:`may_take`)."""
-        return (type(tensor) is torch.Tensor and tensor.dtype is self.dtype
-                and tensor.shape == self.shape and tensor.is_cpu and not tensor.requires_grad
-                and tensor.is_contiguous())
+        return (self.may_take(tensor) and tensor.dtype is self.dtype
+                and tensor.shape == self.shape)
 
     def exchange(self, comm, layout: Layout, tensor: torch.Tensor) -> bool:
         """Run the round: send this rank's record (with its data where it carries it), receive
@@ -96,8 +95,7 @@ class LoneAllreduce(LoneRound):
 
     def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor, divisor: int,
                  inplace: bool):
-        everyone = range(layout.size)
-        super().__init__(layout, request, tensor, [[q for q in everyone if q != r] for r in everyone])
+        super().__init__(layout, request, tensor, layout.all_but)
         self.divisor = divisor
         self.inplace = inplace
         self.stacked = layout.inbox[:, self.start:self.length]

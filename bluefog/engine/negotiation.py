@@ -118,11 +118,13 @@ class Layout:
         # this rank's own row is its outbox: its record, then the data it carries
         rows = size if size <= P2P_ROUND_LIMIT else 0
         self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
-        self.others = [r for r in range(size) if r != me]
+        # every rank's other ranks (whom it carries an allreduce's data to), this rank's own
+        self.all_but = [[q for q in range(size) if q != r] for r in range(size)]
+        self.others = self.all_but[me]
         if rows:
             self.outbox = self.inbox[me]
             self.mine = self.outbox[:8 * self.length].view(np.uint64)
-            # every record up to its first head: all a round of lone ops needs to read
+            # every record up to its first head: all a lone round needs to read (lone.py)
             self.first_heads = self.inbox[:, :8 * (self.heads + 3)].view(np.uint64)
         else:
             self.mine = np.zeros(self.length, dtype=np.uint64)
@@ -130,8 +132,7 @@ class Layout:
         self._receives: list = []      # persistent: one per other rank, into its inbox row
         self._sends: Dict[tuple, list] = {}   # persistent, by (message length, destinations)
         # the carried-to bitmaps of a round in which every rank carried to every other rank
-        self.to_all_others = [_bitmap([q for q in range(size) if q != r], self.words)
-                              for r in range(size)]
+        self.to_all_others = [_bitmap(ranks, self.words) for ranks in self.all_but]
 
     def record(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> np.ndarray:
         """Fill and return this rank's record (its used prefix): its first heads, their first
@@ -196,25 +197,6 @@ class Layout:
         if not received and not delivered:
             return None
         return Carried(received, delivered)
-
-    def lone_decision(self, pending: Sequence[Request], carrying) -> Optional[Decision]:
-        """After a point-to-point round in which this rank had a single op: the verdict read from
-        every record's first head alone when all of them are that op (a loop of blocking ops:
-        the usual case); None when the round must be read in full.  Decides as
-        :meth:`decide_fast` does."""
-        if len(pending) != 1:
-            return None
-        rows = self.first_heads.tolist()
-        rows[self.me] = self.mine_list
-        heads, topo = self.heads, self.topo
-        digest = self.mine_list[heads]
-        for row in rows:
-            if not row[1] or row[heads] != digest or row[topo]:
-                return None
-        req = pending[0]
-        decision = Decision(ready=[(req, tuple(row[heads + 1] for row in rows), False)])
-        decision.carried = self.carried_data(rows, req, frozenset(carrying))
-        return decision
 
     def post(self, comm, record: np.ndarray, carrying: Dict[int, np.ndarray]) -> list:
         """Start a point-to-point round: receive every other rank's record (and what it carries)
@@ -389,9 +371,6 @@ def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
         carrying = head.carry()
     record = layout.record(pending, blocked, carrying).view(np.uint8)   # bytes, like the inbox
     yield layout.post(comm, record, carrying)
-    decision = layout.lone_decision(pending, carrying)
-    if decision is not None:
-        return decision
     return (yield from settle(comm, layout, layout.received_rows(), pending, frozenset(carrying)))
 
 

@@ -67,7 +67,7 @@ def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
     """A named small CPU allreduce runs as a lone round when nothing else is in flight."""
     args = (tensor, average, is_hierarchical_local, name, inplace)
     key = None if name is None or is_hierarchical_local else ("allreduce", name, average, inplace)
-    return blocking_lone(key, tensor, lambda: _allreduce_request(*args),
+    return blocking_lone(live_context(), key, tensor, lambda: _allreduce_request(*args),
                          lambda request, engine: LoneAllreduce(
                              engine.layout, request, tensor, engine.size if average else 1, inplace))
 

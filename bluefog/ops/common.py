@@ -191,12 +191,12 @@ def blocking(start: Callable, *args, **kwargs):
         engine.remove_waiter()
 
 
-def blocking_lone(key, tensor, build: Callable[[], Request], plan: Callable[..., object]):
+def blocking_lone(ctx, key, tensor, build: Callable[[], Request], plan: Callable[..., object]):
     """A blocking op that may run as a lone round (``engine/lone.py``): the plan kept under
     ``key`` (None: never, e.g. a nameless op), made by ``plan(request, engine)`` (None where it
     cannot apply) when missing or made for another dtype or shape; otherwise, or when the engine
-    is busy, ``build()``'s request is submitted and waited for."""
-    engine = live_context().engine
+    is busy, ``build()``'s request is submitted and waited for.  ``ctx``: the live context."""
+    engine = ctx.engine
     lone = engine.lone_plans.get(key)
     if lone is None or not lone.fits(tensor):
         if key is None or not LoneRound.may_take(tensor) or not engine.may_run_lone():

@@ -175,7 +175,7 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
     ctx = live_context()
     key = (("neighbor_allreduce", name, ctx.topology, ctx.is_weighted)
            if static and name is not None else None)
-    return blocking_lone(key, tensor, lambda: _neighbor_allreduce_request(*args),
+    return blocking_lone(ctx, key, tensor, lambda: _neighbor_allreduce_request(*args),
                          lambda request, engine: _lone_plan(ctx, engine, request, tensor))
 
 
