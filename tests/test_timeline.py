@@ -125,16 +125,29 @@ def test_engine_hooks_pair_up(tmp_path):
                      ("E", 1, None), ("E", 2, None), ("E", 1, None), ("E", 2, None)]
 
 
-def test_user_api_when_off_logs_once_and_is_not_sticky(fresh_tracer, tmp_path, caplog):
-    caplog.set_level(logging.ERROR, logger="bluefog")
-    logging.getLogger("bluefog").propagate = True
+class _Collect(logging.Handler):
+    """Keeps the records it sees (a handler of our own: no dependence on pytest's capture)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_user_api_when_off_logs_once_and_is_not_sticky(fresh_tracer, tmp_path):
+    log = logging.getLogger("bluefog")
+    collect, level = _Collect(), log.level
+    log.addHandler(collect)
+    log.setLevel(logging.ERROR)
     try:
         fresh_tracer._warned = False
         assert fresh_tracer.timeline_start_activity("x", "A") is False
         assert fresh_tracer.timeline_end_activity("x") is False
         with fresh_tracer.timeline_context("x", "B"):
             pass
-        assert len([r for r in caplog.records if "Cannot start activity" in r.message]) == 1
+        assert len([r for r in collect.records if "Cannot start activity" in r.getMessage()]) == 1
         assert fresh_tracer.span("x", "A") is fresh_tracer.span("y", "B")  # the shared no-op
         assert fresh_tracer.begin("x", "A") is None
         fresh_tracer.end("x")
@@ -151,7 +164,8 @@ def test_user_api_when_off_logs_once_and_is_not_sticky(fresh_tracer, tmp_path, c
         with pytest.raises(TypeError, match="tensor_name"):
             fresh_tracer.timeline_start_activity(3, "A")
     finally:
-        logging.getLogger("bluefog").propagate = False
+        log.removeHandler(collect)
+        log.setLevel(level)
     fresh_tracer.stop()
     names = [e.get("name") for e in json.load(open(tmp_path / "tl0.json")) if e["ph"] == "B"]
     assert names == ["FAKE_ACTIVITY", "CTX", "INNER"]
