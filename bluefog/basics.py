@@ -171,6 +171,7 @@ def load_topology() -> Optional[nx.DiGraph]:
 
 
 def is_topo_weighted() -> bool:
+    """Whether the topology was set with ``is_weighted=True`` (its edge weights are used)."""
     return context.current().is_weighted
 
 
@@ -205,14 +206,17 @@ def set_machine_topology(topology: Optional[nx.DiGraph], is_weighted: bool = Fal
 
 
 def load_machine_topology() -> Optional[nx.DiGraph]:
+    """The machine topology set by :func:`set_machine_topology` (``None`` until one is set)."""
     return context.current().machine_topology
 
 
 def is_machine_topo_weighted() -> bool:
+    """Whether the machine topology was set with ``is_weighted=True``."""
     return context.current().is_machine_weighted
 
 
 def in_neighbor_machine_ranks() -> List[int]:
+    """Machine ranks this machine receives from in the machine topology (``[]`` without one)."""
     ctx = context.current()
     if ctx.machine_topology is None:
         return []
@@ -220,6 +224,7 @@ def in_neighbor_machine_ranks() -> List[int]:
 
 
 def out_neighbor_machine_ranks() -> List[int]:
+    """Machine ranks this machine sends to in the machine topology (``[]`` without one)."""
     ctx = context.current()
     if ctx.machine_topology is None:
         return []
@@ -294,4 +299,6 @@ def set_skip_negotiate_stage(value: bool):
 
 
 def get_skip_negotiate_stage() -> bool:
+    """Whether the cross-rank check of op names, shapes and dtypes is off (see
+    :func:`set_skip_negotiate_stage`); ``False`` before ``init()``."""
     return context.current().engine.skip_negotiation if context.initialized() else False
