@@ -1,5 +1,5 @@
 """Topologies for decentralized training: static graph generators, weight helpers and dynamic
-(per-iteration) send/receive schedules.
+(per-iteration) send/receive schedules, finite-time exact averaging schedules, and analysis.
 
 Example::
 
@@ -9,6 +9,8 @@ Example::
 
 from .dynamic import (GetDynamicOnePeerSendRecvRanks, GetExp2DynamicSendRecvMachineRanks,
                       GetInnerOuterExpo2DynamicSendRecvRanks, GetInnerOuterRingDynamicSendRecvRanks)
+from .exact import (ScheduleRound, check_schedule, exact_average_rounds, exact_average_schedule,
+                    one_peer_exponential_schedule, schedule_rounds)
 from .generators import (ExponentialGraph, ExponentialTwoGraph, FullyConnectedGraph,
                          MeshGrid2DGraph, RingGraph, StarGraph, SymmetricExponentialGraph,
                          TopologyArgumentError)
@@ -34,4 +36,10 @@ __all__ = [
     "GetExp2DynamicSendRecvMachineRanks",
     "GetInnerOuterRingDynamicSendRecvRanks",
     "GetInnerOuterExpo2DynamicSendRecvRanks",
+    "ScheduleRound",
+    "exact_average_schedule",
+    "exact_average_rounds",
+    "one_peer_exponential_schedule",
+    "schedule_rounds",
+    "check_schedule",
 ]
