@@ -7,6 +7,8 @@ Example::
     >>> self_weight, src_weights = GetRecvWeights(ExponentialGraph(8), 0)
 """
 
+from .analysis import (TopologySummary, consensus_errors, degree_range, diameter, mixing_rate,
+                       mixing_spectral_gap, summarize)
 from .dynamic import (GetDynamicOnePeerSendRecvRanks, GetExp2DynamicSendRecvMachineRanks,
                       GetInnerOuterExpo2DynamicSendRecvRanks, GetInnerOuterRingDynamicSendRecvRanks)
 from .exact import (ScheduleRound, check_schedule, exact_average_rounds, exact_average_schedule,
@@ -42,4 +44,11 @@ __all__ = [
     "one_peer_exponential_schedule",
     "schedule_rounds",
     "check_schedule",
+    "TopologySummary",
+    "mixing_rate",
+    "mixing_spectral_gap",
+    "degree_range",
+    "diameter",
+    "consensus_errors",
+    "summarize",
 ]
