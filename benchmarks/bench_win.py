@@ -1,24 +1,24 @@
-"""win_put / win_get / win_accumulate latency against the raw mpi4py RMA floor, in the same run.
+"""win_put / win_get / win_accumulate latency against the raw mpi4py RMA floor.
 
-Run::
+Run (it launches the ranks itself, through bfrun)::
 
-    bfrun -np 4 python benchmarks/bench_win.py            # prints a markdown table on rank 0
+    python benchmarks/bench_win.py                 # 4 ranks, 3 floor/bluefog pairs
 
-Each bluefog call moves the same data as its floor: ``win_put`` / ``win_accumulate`` write to every
-out-neighbour, ``win_get`` reads from every in-neighbour (exponential-2 graph).  The floors use
-windows from ``MPI.Win.Allocate`` laid out like bluefog's, the same source tensor and the same
-target offsets:
+The floor runs in its own processes, which never import bluefog, alternated with bluefog's
+(``--pairs`` of each).  Each bluefog call moves the same data as its floor: ``win_put`` /
+``win_accumulate`` write to every out-neighbour, ``win_get`` reads from every in-neighbour
+(exponential-2 graph).  The floors use windows from ``MPI.Win.Allocate`` laid out like bluefog's
+and the same target offsets:
 
 * ``Lock/op/Unlock``: one passive-target epoch per neighbour (``Lock``, then ``Put``, ``Get`` or
   ``Accumulate``, then ``Unlock``);
 * ``Lock_all+op+Flush``: one long epoch, as bluefog keeps it, with ``op`` + ``Flush`` per neighbour.
 
 Rank 0 measures while the other ranks sleep in a polled barrier: a one-sided op must not need them.
-Methods are timed call by call, round-robin in a shuffled order, so machine load hits them alike;
-the table shows medians and the ratio of bluefog to each floor.
+Methods are timed call by call, round-robin in a shuffled order; a run reports medians; the table
+shows the median over runs (min–max) and the ratio of medians.
 """
 
-import argparse
 import random
 import statistics
 import time
@@ -26,9 +26,7 @@ import time
 import numpy as np
 import torch
 
-import bluefog.torch as bf
-from bluefog.engine.engine import wait_request
-from mpi4py import MPI
+from common import Stat, alternate, exponential_neighbors, ratio, side_parser, write_result
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20}
 REPEATS = {"1K": 2000, "64K": 400, "1M": 150}
@@ -39,13 +37,14 @@ class Floor:
     in-neighbour): one used with a passive-target epoch per op, one kept in a ``Lock_all`` epoch
     (two windows, so both floors are timed round-robin with bluefog)."""
 
-    def __init__(self, comm, x, topology, rank):
+    def __init__(self, comm, x):
+        from mpi4py import MPI
+
         def ins_of(r):
-            return sorted(j for j in topology.predecessors(r) if j != r)
+            return exponential_neighbors(r, comm.size)[0]
 
         numel = x.numel()
-        self.ins = ins_of(rank)
-        self.outs = sorted(j for j in topology.successors(rank) if j != rank)
+        self.ins, self.outs = exponential_neighbors(comm.rank, comm.size)
         nbytes = numel * 4 * (1 + len(self.ins))
         self.locked_win = MPI.Win.Allocate(nbytes, 4, comm=comm)
         self.flushed_win = MPI.Win.Allocate(nbytes, 4, comm=comm)
@@ -56,10 +55,12 @@ class Floor:
             self.into[key] = {r: local[numel * (1 + k):numel * (2 + k)]
                               for k, r in enumerate(self.ins)}
         # a put goes into this rank's slot on the target; a get reads the source's self part
-        self.spec = {r: (numel * (1 + ins_of(r).index(rank)), numel, MPI.FLOAT) for r in self.outs}
+        self.spec = {r: (numel * (1 + ins_of(r).index(comm.rank)), numel, MPI.FLOAT)
+                     for r in self.outs}
         self.spec.update({("get", r): (0, numel, MPI.FLOAT) for r in self.ins})
 
     def locked(self, op):
+        from mpi4py import MPI
         win, ranks = self.locked_win, self.ins if op == "get" else self.outs
 
         def run():
@@ -79,6 +80,7 @@ class Floor:
         return run
 
     def _op(self, win, op, r, key):
+        from mpi4py import MPI
         if op == "put":
             win.Put(self.data, r, self.spec[r])
         elif op == "get":
@@ -92,7 +94,7 @@ class Floor:
         self.flushed_win.Free()
 
 
-def measure(methods, repeats):
+def timed_calls(methods, repeats):
     """Median seconds per call of each method, timed round-robin in a fresh random order each
     round (so no method always follows the same one)."""
     times = {name: [] for name in methods}
@@ -109,54 +111,82 @@ def measure(methods, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1K,1M")
-    parser.add_argument("--repeat-scale", type=float, default=1.0)
-    args = parser.parse_args()
-    bf.init()
-    bf.set_skip_negotiate_stage(True)
+def polite_wait(request):
+    """Wait for ``request`` without spinning (the ranks that are not measuring sleep here)."""
+    while not request.Test():
+        time.sleep(1e-4)
+
+
+def measure(args):
+    from mpi4py import MPI
+    if args.side == "ours":
+        import bluefog.torch as bf
+        bf.init()
+        bf.set_skip_negotiate_stage(True)
     comm = MPI.COMM_WORLD.Dup()
-    ins, outs = bf.in_neighbor_ranks(), bf.out_neighbor_ranks()
-    rows = []
+    result = {}
     for label in args.sizes.split(","):
         numel = SIZES[label]
         repeats = max(5, int(REPEATS[label] * args.repeat_scale))
         x = torch.ones(numel)
-        floor = Floor(comm, x, bf.load_topology(), bf.rank())
-        bf.win_create(x, "bench")
-        methods = {}
-        for op in ("put", "get", "accumulate"):
-            methods[f"{op} locked"] = floor.locked(op)
-            methods[f"{op} flushed"] = floor.flushed(op)
-        methods["put bluefog"] = lambda: bf.win_put(x, "bench")
-        methods["get bluefog"] = lambda: bf.win_get("bench")
-        methods["accumulate bluefog"] = lambda: bf.win_accumulate(x, "bench")
-        wait_request(comm.Ibarrier())
-        if bf.rank() == 0:
-            floor.flushed_win.Lock_all(MPI.MODE_NOCHECK)
-            result = measure(methods, repeats)
-            floor.flushed_win.Unlock_all()
+        methods, floor = {}, None
+        if args.side == "ours":
+            assert (bf.in_neighbor_ranks(), bf.out_neighbor_ranks()) == exponential_neighbors(
+                comm.rank, comm.size)
+            bf.win_create(x, "bench")
+            methods[f"{label} put"] = lambda: bf.win_put(x, "bench")
+            methods[f"{label} get"] = lambda: bf.win_get("bench")
+            methods[f"{label} accumulate"] = lambda: bf.win_accumulate(x, "bench")
+        else:
+            floor = Floor(comm, x)
             for op in ("put", "get", "accumulate"):
-                ours = result[f"{op} bluefog"]
-                rows.append((op, label, result[f"{op} locked"], result[f"{op} flushed"], ours))
-        wait_request(comm.Ibarrier())
-        bf.win_free("bench")
-        floor.free()
-    if bf.rank() == 0:
-        print(f"\n{bf.size()} ranks, float32, exponential-2 graph ({len(outs)} out / {len(ins)} in "
-              "neighbours of rank 0), median per call, "
-              f"{MPI.Get_library_version().split(',')[0].strip()}\n")
-        print("| op | size | raw Lock/op/Unlock | raw Lock_all+op+Flush | bluefog | "
-              "vs Lock/Unlock | vs Lock_all |")
-        print("|---|---|---|---|---|---|---|")
-        for op, label, locked, flushed, ours in rows:
-            print(f"| {op} | {label} | {fmt(locked)} | {fmt(flushed)} | {fmt(ours)} | "
-                  f"{ours / locked:.2f}x | {ours / flushed:.2f}x |")
+                methods[f"{label} {op} locked"] = floor.locked(op)
+                methods[f"{label} {op} flushed"] = floor.flushed(op)
+        polite_wait(comm.Ibarrier())
+        if comm.rank == 0:
+            if floor is not None:
+                floor.flushed_win.Lock_all(MPI.MODE_NOCHECK)
+            result.update(timed_calls(methods, repeats))
+            if floor is not None:
+                floor.flushed_win.Unlock_all()
+        polite_wait(comm.Ibarrier())
+        if floor is not None:
+            floor.free()
+        else:
+            bf.win_free("bench")
+    meta = {"library": MPI.Get_library_version().split(",")[0].strip(),
+            "neighbors": [len(n) for n in exponential_neighbors(0, comm.size)]}
+    write_result(comm, args.json, result, meta)
 
 
-def fmt(seconds):
-    return f"{seconds * 1e6:.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+def report(args, runs):
+    floor, ours = runs["floor"], runs["ours"]
+    ins, outs = runs["meta"]["neighbors"]
+    print(f"\n{args.np} ranks, float32, exponential-2 graph ({outs} out / {ins} in neighbours of "
+          f"rank 0), {runs['meta']['library']}; {args.pairs} runs of each side, alternated; per "
+          "call: median over runs (min–max) of each run's median\n")
+    print("| op | size | raw Lock/op/Unlock | raw Lock_all+op+Flush | bluefog | "
+          "vs Lock/Unlock | vs Lock_all |")
+    print("|---|---|---|---|---|---|---|")
+    for label in args.sizes.split(","):
+        for op in ("put", "get", "accumulate"):
+            locked = Stat(run[f"{label} {op} locked"] for run in floor)
+            flushed = Stat(run[f"{label} {op} flushed"] for run in floor)
+            mine = Stat(run[f"{label} {op}"] for run in ours)
+            print(f"| {op} | {label} | {locked.text()} | {flushed.text()} | {mine.text()} | "
+                  f"{ratio(mine, locked)} | {ratio(mine, flushed)} |")
+
+
+def main():
+    parser = side_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1K,1M")
+    parser.add_argument("--repeat-scale", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.side:
+        measure(args)
+    else:
+        passed = ["--sizes", args.sizes, "--repeat-scale", str(args.repeat_scale)]
+        report(args, alternate(__file__, passed, args.np, args.pairs))
 
 
 if __name__ == "__main__":

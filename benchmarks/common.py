@@ -1,14 +1,27 @@
-"""Timing helpers shared by the benchmark scripts (run under ``bfrun``)."""
+"""Timing helpers shared by the benchmark scripts.  Nothing here imports bluefog: the floors run
+in processes that never load it.
 
+Every benchmark script is both a driver and a rank program.  Run plainly
+(``python benchmarks/bench_ops.py``) it launches, through ``bfrun``, the floor side (a process that
+never imports bluefog) and bluefog's side alternately, ``--pairs`` times each, and prints medians,
+spread and ratios.  Each side measures its methods round-robin and writes ``{method: seconds}`` to
+a JSON file on rank 0.
+"""
+
+import argparse
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 
+import numpy as np
 import torch
 
-import numpy as np
 
-
+# ----------------------------------------------------------------------------------- rank side
 def slowest_median(comm, times) -> float:
     """Median over iterations of the slowest rank's time for that iteration."""
     return statistics.median(np.max(np.array(comm.allgather(list(times))), axis=0).tolist())
@@ -57,6 +70,15 @@ def timed_round_robin(comm, methods, repeats: int, seed: int = 2020) -> dict:
     return {name: slowest_median(comm, t) for name, t in times.items()}
 
 
+def exponential_neighbors(rank: int, size: int):
+    """In- and out-neighbors of ``rank`` in the exponential-2 graph (bluefog's default topology),
+    computed without bluefog: out to ``rank + 2**k``, in from ``rank - 2**k``, for ``2**k < size``."""
+    steps = [1 << k for k in range(size.bit_length()) if (1 << k) < size]
+    ins = sorted({(rank - s) % size for s in steps} - {rank})
+    outs = sorted({(rank + s) % size for s in steps} - {rank})
+    return ins, outs
+
+
 def raw_neighbor_average(comm, x, ins, outs, slots):
     """The floor of a neighbor average in raw mpi4py: Irecv/Isend with the neighbors, then the
     same uniform average bluefog computes (``slots`` holds one preallocated row per in-neighbor),
@@ -71,3 +93,71 @@ def raw_neighbor_average(comm, x, ins, outs, slots):
     for k in range(1, len(ins)):
         np.add(out, rows[k], out=out)
     return torch.from_numpy(np.divide(out, len(ins) + 1, out=out))
+
+
+def write_result(comm, path: str, result: dict, meta: dict = None):
+    """Rank 0 writes ``{"times": result, "meta": meta}`` to ``path``."""
+    if comm.rank == 0:
+        with open(path, "w") as f:
+            json.dump({"times": result, "meta": meta or {}}, f)
+
+
+# ----------------------------------------------------------------------------------- driver side
+def side_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: the driver's (``--np``, ``--pairs``) and the internal
+    ``--side`` / ``--json`` a rank program is started with."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--np", type=int, default=4, help="ranks")
+    parser.add_argument("--pairs", type=int, default=3, help="alternating floor/bluefog pairs")
+    parser.add_argument("--side", choices=("floor", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    return parser
+
+
+def alternate(script: str, argv, size: int, pairs: int, verbose: bool = True):
+    """Run ``script`` as the floor side and as bluefog's side, alternately, ``pairs`` times each
+    (floor first in odd pairs, ours first in even ones) under ``bfrun -np size``.  Returns
+    ``{"floor": [times, ...], "ours": [times, ...], "meta": meta}``, one ``times`` dict a run."""
+    out = {"floor": [], "ours": [], "meta": {}}
+    for pair in range(pairs):
+        order = ("floor", "ours") if pair % 2 == 0 else ("ours", "floor")
+        for side in order:
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                f"bench-{os.getpid()}-{side}-{pair}.json")
+            cmd = [sys.executable, "-m", "bluefog.run.run", "-np", str(size), sys.executable,
+                   script, "--side", side, "--json", path] + list(argv)
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(path) as f:
+                got = json.load(f)
+            os.remove(path)
+            out[side].append(got["times"])
+            out["meta"].update(got["meta"])
+            if verbose:
+                print(f"pair {pair + 1}/{pairs}: {side} side done in "
+                      f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return out
+
+
+class Stat:
+    """Median and spread (min–max) of one method's per-run times."""
+
+    def __init__(self, values):
+        self.values = list(values)
+        self.median = statistics.median(self.values)
+
+    def text(self) -> str:
+        """``median (min–max)`` in one unit: µs below a millisecond, else ms."""
+        scale, unit = (1e6, "µs") if self.median < 1e-3 else (1e3, "ms")
+        lo, hi = min(self.values) * scale, max(self.values) * scale
+        return f"{self.median * scale:.3g} {unit} ({lo:.3g}–{hi:.3g})"
+
+
+def stat(runs, method) -> Stat:
+    return Stat(run[method] for run in runs)
+
+
+def ratio(ours: Stat, floor: Stat) -> str:
+    """Ratio of medians, with the range of the per-pair ratios."""
+    pairs = [o / f for o, f in zip(ours.values, floor.values)]
+    return f"{ours.median / floor.median:.2f}x ({min(pairs):.2f}–{max(pairs):.2f})"
