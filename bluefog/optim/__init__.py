@@ -4,6 +4,10 @@ from bluefog.optim.adapt_then_combine import (DistributedAdaptThenCombineOptimiz
                                               DistributedGradientAllreduceOptimizer)
 from bluefog.optim.adapt_with_combine import DistributedAdaptWithCombineOptimizer
 from bluefog.optim.communication import CommunicationType
+from bluefog.optim.exact_diffusion import DistributedExactDiffusionOptimizer
+from bluefog.optim.gradient_tracking import DistributedGradientTrackingOptimizer
+from bluefog.optim.push_diging import DistributedPushDIGingOptimizer
+from bluefog.optim.quasi_global_momentum import DistributedQuasiGlobalMomentumOptimizer
 from bluefog.optim.deprecated import (DistributedAllreduceOptimizer,
                                       DistributedHierarchicalNeighborAllreduceOptimizer,
                                       DistributedNeighborAllreduceOptimizer)
@@ -19,5 +23,7 @@ __all__ = [
     "DistributedAllreduceOptimizer", "DistributedNeighborAllreduceOptimizer",
     "DistributedHierarchicalNeighborAllreduceOptimizer", "DistributedWinPutOptimizer",
     "DistributedPullGetOptimizer", "DistributedPushSumOptimizer", "broadcast_parameters",
-    "allreduce_parameters", "broadcast_optimizer_state",
+    "allreduce_parameters", "broadcast_optimizer_state", "DistributedGradientTrackingOptimizer",
+    "DistributedExactDiffusionOptimizer", "DistributedPushDIGingOptimizer",
+    "DistributedQuasiGlobalMomentumOptimizer",
 ]

@@ -22,6 +22,7 @@ import torch
 from bluefog.ops.collective import allreduce_nonblocking
 from bluefog.ops.common import synchronize
 from bluefog.optim.communication import CollectiveKnobs, CommunicationType
+from bluefog.optim.global_average import PeriodicGlobalAverage
 from bluefog.optim.step_functions import default_step_function
 from bluefog.optim.wrapper import BACKWARD_WARNING, DistributedOptimizer, weak_callback
 
@@ -63,34 +64,15 @@ class BackwardTriggeredOptimizer(DistributedOptimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
-class DistributedAdaptThenCombineOptimizer(CollectiveKnobs, BackwardTriggeredOptimizer):
-    """Adapt-then-combine: ``w <- Combine(w - lr * grad(w))``, the update applied in backward.
+class AdaptInBackward(BackwardTriggeredOptimizer):
+    """Runs ``self._step_function`` on each parameter in its backward hook (the *adapt* step), then
+    launches ``self._launch``; ``step()`` applies what came back.  The base of ATC and of the
+    methods in :mod:`bluefog.optim.sgd_methods` that communicate after the gradient is known."""
 
-    The per-parameter update is built in for SGD, Adam (and AdamW), RMSprop, Adagrad and Adadelta;
-    other optimizers need :meth:`register_step_function`.  Tunable attributes as for
-    :class:`~bluefog.optim.adapt_with_combine.DistributedAdaptWithCombineOptimizer`.
-
-    Raises:
-        ValueError: (in ``backward``) no step function for this optimizer; (in ``step``) some
-            parameters were updated in the backward pass and others only partly counted.
-        AssertionError: ``zero_grad()`` between ``backward()`` and ``step()``.
-    """
-
-    def __init__(self, optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
-                 num_steps_per_communication=1):
-        super().__init__(optimizer, model, num_steps_per_communication)
-        self._init_knobs(communication_type)
-        self._step_function = default_step_function(optimizer)
-        self._step_delay = dict(self._delay)
-        self._groups = {p: group for group in optimizer.param_groups for p in group["params"]}
-        self._attach()
-
-    def register_step_function(self, step_function):
-        """Use ``step_function(optimizer, p, grad, param_group)`` as the in-backward update."""
-        if not callable(step_function):
-            raise TypeError("Argument step_function must be callable as fn(optimizer, p, grad, "
-                            f"param_group), got {type(step_function).__name__}.")
+    def _init_adapt(self, step_function):
         self._step_function = step_function
+        self._step_delay = dict(self._delay)
+        self._groups = {p: group for group in self.optimizer.param_groups for p in group["params"]}
 
     def _after_backward(self, p):
         if self._step_delay[p] <= 0:
@@ -122,9 +104,51 @@ class DistributedAdaptThenCombineOptimizer(CollectiveKnobs, BackwardTriggeredOpt
             raise ValueError("We do not support partial step update in ATC yet: some parameters were "
                              "updated in the backward pass and others were not.")
         else:
-            loss = self.optimizer.step(closure)
+            loss = self._step_between_communications(closure)
         self._synchronize_for_step()
         return loss
+
+    def _step_between_communications(self, closure):
+        """A step with no parameter updated in backward: the base optimizer's step."""
+        return self.optimizer.step(closure)
+
+
+class DistributedAdaptThenCombineOptimizer(PeriodicGlobalAverage, CollectiveKnobs,
+                                           AdaptInBackward):
+    """Adapt-then-combine: ``w <- Combine(w - lr * grad(w))``, the update applied in backward.
+
+    The per-parameter update is built in for SGD, Adam (and AdamW), RMSprop, Adagrad and Adadelta;
+    other optimizers need :meth:`register_step_function`.  Tunable attributes and arguments
+    (``global_average_period`` too) as for
+    :class:`~bluefog.optim.adapt_with_combine.DistributedAdaptWithCombineOptimizer`.
+
+    Raises:
+        ValueError: (in ``backward``) no step function for this optimizer; (in ``step``) some
+            parameters were updated in the backward pass and others only partly counted; bad
+            ``global_average_period``.
+        AssertionError: ``zero_grad()`` between ``backward()`` and ``step()``.
+    """
+
+    def __init__(self, optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
+                 num_steps_per_communication=1, global_average_period=None):
+        super().__init__(optimizer, model, num_steps_per_communication)
+        self._init_knobs(communication_type)
+        self._init_global_average(global_average_period)
+        self._init_adapt(default_step_function(optimizer))
+        self._attach()
+
+    def register_step_function(self, step_function):
+        """Use ``step_function(optimizer, p, grad, param_group)`` as the in-backward update."""
+        if not callable(step_function):
+            raise TypeError("Argument step_function must be callable as fn(optimizer, p, grad, "
+                            f"param_group), got {type(step_function).__name__}.")
+        self._step_function = step_function
+
+    def _launch(self, p, name):
+        if self.global_average_period is not None and self._global_round(p):
+            with self._averaging_globally():
+                return super()._launch(p, name)
+        return super()._launch(p, name)
 
 
 class DistributedGradientAllreduceOptimizer(BackwardTriggeredOptimizer):

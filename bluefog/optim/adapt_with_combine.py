@@ -20,6 +20,7 @@ Example::
 
 from bluefog.ops.common import submission_batch
 from bluefog.optim.communication import CollectiveKnobs, CommunicationType
+from bluefog.optim.global_average import PeriodicGlobalAverage
 from bluefog.optim.wrapper import DistributedOptimizer, owned_parameters, weak_callback
 
 
@@ -53,7 +54,8 @@ class ForwardTriggeredOptimizer(DistributedOptimizer):
         raise NotImplementedError
 
 
-class DistributedAdaptWithCombineOptimizer(CollectiveKnobs, ForwardTriggeredOptimizer):
+class DistributedAdaptWithCombineOptimizer(PeriodicGlobalAverage, CollectiveKnobs,
+                                            ForwardTriggeredOptimizer):
     """Adapt-with-combine: ``w <- Combine(w) - lr * grad(w)``, communication overlapping backward.
 
     Tunable between iterations (read at every launch): ``communication_type``, ``self_weight``,
@@ -66,14 +68,31 @@ class DistributedAdaptWithCombineOptimizer(CollectiveKnobs, ForwardTriggeredOpti
             parameter names are the communication names, so they must agree across ranks.
         communication_type: a :class:`CommunicationType`.
         num_steps_per_communication: communicate on every J-th forward pass.
+        global_average_period: None, or H: every H-th communication round of a parameter is an
+            exact global average (allreduce) instead of ``communication_type`` (Gossip-PGA).
 
     Raises:
-        ValueError: ``model`` does not name every parameter of ``optimizer``.
+        ValueError: ``model`` does not name every parameter of ``optimizer``; bad
+            ``global_average_period``.
         AssertionError: ``communication_type`` is not a ``CommunicationType``.
     """
 
     def __init__(self, optimizer, model, communication_type=CommunicationType.neighbor_allreduce,
-                 num_steps_per_communication=1):
+                 num_steps_per_communication=1, global_average_period=None):
         super().__init__(optimizer, model, num_steps_per_communication)
         self._init_knobs(communication_type)
+        self._init_global_average(global_average_period)
         self._attach()
+
+    def _launch_due(self, due):
+        if self.global_average_period is None:
+            return super()._launch_due(due)
+        rounds, global_rounds = [], []
+        for name, p in due:
+            (global_rounds if self._global_round(p) else rounds).append((name, p))
+        if rounds:
+            super()._launch_due(rounds)
+        if global_rounds:
+            with self._averaging_globally():
+                super()._launch_due(global_rounds)
+        return None

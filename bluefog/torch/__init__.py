@@ -36,7 +36,10 @@ from bluefog.torch.topology_util import (InferDestinationFromSourceRanks,
                                          InferSourceFromDestinationRanks)
 from bluefog.optim import (CommunicationType, DistributedAdaptThenCombineOptimizer,
                            DistributedAdaptWithCombineOptimizer, DistributedAllreduceOptimizer,
+                           DistributedExactDiffusionOptimizer,
                            DistributedGradientAllreduceOptimizer,
+                           DistributedGradientTrackingOptimizer, DistributedPushDIGingOptimizer,
+                           DistributedQuasiGlobalMomentumOptimizer,
                            DistributedHierarchicalNeighborAllreduceOptimizer,
                            DistributedNeighborAllreduceOptimizer, DistributedPullGetOptimizer,
                            DistributedPushSumOptimizer, DistributedWinPutOptimizer,
@@ -73,4 +76,6 @@ __all__ = [
     "DistributedGradientAllreduceOptimizer", "DistributedAllreduceOptimizer",
     "DistributedNeighborAllreduceOptimizer", "DistributedHierarchicalNeighborAllreduceOptimizer",
     "DistributedWinPutOptimizer", "DistributedPullGetOptimizer", "DistributedPushSumOptimizer",
+    "DistributedGradientTrackingOptimizer", "DistributedExactDiffusionOptimizer",
+    "DistributedPushDIGingOptimizer", "DistributedQuasiGlobalMomentumOptimizer",
 ]
