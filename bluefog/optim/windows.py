@@ -1,21 +1,25 @@
 """Optimizers that average through one-sided windows: push (win_put), pull (win_get), push-sum.
 
 All three count training-mode forward passes like adapt-with-combine and start their window op on
-the ``num_steps_per_communication``-th one; ``step()`` waits for this rank's ops, optionally meets
-the other ranks at a barrier (``force_barrier``), combines, then runs the base optimizer.  Each
-parameter gets one window, named ``window_prefix + "." + parameter name``; ``unregister_window()``
+the ``num_steps_per_communication``-th one; ``step()`` waits for this rank's ops (which complete
+without the peers' help), optionally meets the other ranks at a barrier (``force_barrier``, off by
+default), combines, then runs the base optimizer.  Nothing in ``step()`` waits for a slow peer.  Win-put and
+pull-get give each parameter one window, named ``window_prefix + "." + parameter name`` (push-sum:
+one per dtype, see below); ``unregister_window()``
 frees exactly the windows this optimizer created (``__del__`` does too, if they are still there).
 
 * push (spec §5.6): put ``p`` into the out-neighbours' buffers; ``w <- average(w, buffers)``.
 * pull (the spec's broken ``DistributedPullGetOptimizer``, written from the algorithm): get the
   in-neighbours' published parameters; ``w <- average(w, buffers)``; after the local step the new
   value is published (under the readers' mutexes) for the next round.
-* push-sum (spec §5.7, written from the algorithm; stochastic gradient push): each rank keeps
-  ``(x, weight)`` in a window of ``numel + 1`` elements and the model holds ``z = x / weight``.
-  On launch the local optimizer's progress since the last combine is added to ``x``, then a share
-  of ``(x, weight)`` is accumulated into each out-neighbour (column-stochastic weights) and the rest
-  kept; ``step()`` collects what arrived and sets ``z = x / weight``.  Mass is conserved, so it
-  converges on directed and irregular graphs too.
+* push-sum (stochastic gradient push, asynchronous): each rank keeps ``[x, weight]`` for all
+  parameters of one dtype in one window of ``numel + 1`` elements and the model holds
+  ``z = x / weight``.  On launch the local optimizer's progress since the last combine, times the
+  weight, is added to ``x``, then a share of ``[x, weight]`` is accumulated into each out-neighbour
+  (column-stochastic weights) and the rest kept; ``step()`` collects what arrived and sets
+  ``z = x / weight``.  Mass is conserved without any barrier, so ranks may run at different speeds
+  and stop after different numbers of steps; ``unregister_window()`` collects what is still in
+  flight.  It converges on directed and irregular graphs too.
 
 Example::
 
@@ -181,55 +185,174 @@ class DistributedPullGetOptimizer(WindowOptimizer):
         return loss
 
 
-class DistributedPushSumOptimizer(WindowOptimizer):
-    """Push-sum (stochastic gradient push): correct on directed and irregular graphs.
+class _Group:
+    """The parameters of one dtype and device, pushed as one window: ``ext = [x, weight]``."""
 
-    Tunable: ``dst_weights`` (None: every out-neighbour; a list of ranks: those, sharing equally
-    with self; ``{rank: w}``: those weights, keeping ``self_weight`` or ``1 - sum(w)``),
-    ``self_weight`` and ``force_barrier`` (default True, which makes every round complete before
-    anyone combines).
+    __slots__ = ("params", "name", "ext", "anchor", "handle", "due")
+
+    def __init__(self, params, name):
+        self.params = params
+        self.name = name
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            self.ext = torch.cat([flat, torch.ones(1, dtype=flat.dtype, device=flat.device)])
+            self.anchor = flat.clone()       # z at the last combine
+        self.handle = None
+        self.due = set()
+
+    def flat(self):
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def scatter(self, z):
+        """Copy the flat ``z`` into the parameters."""
+        start = 0
+        for p in self.params:
+            count = p.numel()
+            p.copy_(z[start:start + count].view_as(p))
+            start += count
+
+
+class DistributedPushSumOptimizer(WindowOptimizer):
+    """Push-sum (stochastic gradient push), asynchronous: correct on directed and irregular graphs.
+
+    The parameters of one dtype share one window, ``window_prefix + "push_sum." + dtype``, holding
+    ``[x, weight]``; the model holds ``z = x / weight``.  On the communicating forward pass the
+    local progress since the last combine goes into ``x`` (scaled by the weight, so ``z`` moves by
+    exactly the base optimizer's step) and shares of ``[x, weight]`` are accumulated into the
+    out-neighbours' buffers; ``step()`` waits for this rank's accumulates only, adds what arrived
+    and sets ``z = x / weight``.  No barrier: mass is conserved because data and weight travel in
+    one accumulate under the target's mutex, and the owner adds and clears its buffers under the
+    same mutex.
+
+    Tunable: ``dst_weights`` (None: every out-neighbour, equal shares with self; a list of ranks:
+    those, sharing equally with self; ``{rank: w}``: those weights, keeping ``self_weight`` or
+    ``1 - sum(w)``), ``self_weight`` and ``force_barrier`` (default False; True meets every rank
+    at a barrier in each ``step()``, as Bluefog 0.3.0 did).  A rank whose weight fell below 1
+    sends only that fraction of its shares (keeping the rest), so a rank that runs ahead of its
+    neighbours cannot hand all its weight away.  ``unregister_window()`` (collective) first adds
+    the weight still in flight, so the parameters then hold every rank's final ``z``.
     """
 
     _timeline_prefix = "win_accumulate"
 
     def __init__(self, optimizer, model, num_steps_per_communication=1, window_prefix=None):
         super().__init__(optimizer, model, num_steps_per_communication, window_prefix,
-                         force_barrier=True)
+                         force_barrier=False)
         self.dst_weights = None
         self.self_weight = None
-        self._extended = {}     # parameter -> [x, weight] registered with its window
-        self._anchor = {}       # parameter -> z at the last combine
-        with torch.no_grad():
-            for p in self._names:
-                self._extended[p] = torch.cat([p.detach().reshape(-1),
-                                               torch.ones(1, dtype=p.dtype, device=p.device)])
-                self._anchor[p] = p.detach().clone()
-        self._create_windows(lambda p: self._extended[p], zero_init=True)
+        groups = {}
+        for p in self._names:
+            groups.setdefault((p.dtype, p.device), []).append(p)
+        self._groups = [_Group(params, f"{self.window_prefix}push_sum.{str(dtype)[6:]}")
+                        for (dtype, _), params in groups.items()]
+        self._group_of = {p: g for g in self._groups for p in g.params}
+        if self._distributed:
+            for group in self._groups:
+                self._create_group_window(group)
+            self._attach()
 
-    def _shares(self):
-        """(self weight, {out-neighbour: weight}) from the tunable attributes."""
+    def _create_group_window(self, group):
+        try:
+            created = win_create(group.ext, group.name, zero_init=True)
+        except RuntimeError as error:
+            raise ValueError(f"Cannot allocate MPI window {group.name!r} for push-sum: "
+                             f"{error}") from error
+        if not created:
+            raise ValueError(f"Cannot allocate MPI window for push-sum: a window called "
+                             f"{group.name!r} already exists. Free it, or give this optimizer "
+                             "another window_prefix.")
+        for p in group.params:
+            self._windows[p] = group.name
+        self._registered[group.name] = group.ext
+
+    @property
+    def push_sum_weights(self):
+        """``{window name: this rank's push-sum weight}`` (1.0 at the start; the weights of all
+        ranks sum to the number of ranks once every accumulate has been collected)."""
+        return {g.name: float(g.ext[-1]) for g in self._groups}
+
+    def _shares(self, weight):
+        """(self share, {out-neighbour: share}) from the tunable attributes and this rank's
+        current push-sum ``weight``."""
         targets = self.dst_weights
         if targets is None:
             targets = out_neighbor_ranks()
         if isinstance(targets, dict):
-            weights = {int(r): float(w) for r, w in targets.items()}
+            shares = {int(r): float(w) for r, w in targets.items()}
             own = (float(self.self_weight) if self.self_weight is not None
-                   else 1.0 - sum(weights.values()))
+                   else 1.0 - sum(shares.values()))
         else:
             share = 1.0 / (len(targets) + 1)
-            weights = {int(r): share for r in targets}
+            shares = {int(r): share for r in targets}
             own = share if self.self_weight is None else float(self.self_weight)
-        return own, weights
+        if weight < 1.0:     # send a fraction, keep the rest: the column sums do not change
+            given = sum(shares.values())
+            shares = {r: w * weight for r, w in shares.items()}
+            own += given * (1.0 - weight)
+        return own, shares
 
-    def _launch(self, p, name):
-        ext = self._extended[p]
+    def _launch_due(self, due):
+        for _, p in due:
+            group = self._group_of[p]
+            group.due.add(p)
+            if group.handle is None and len(group.due) == len(group.params):
+                self._launch_group(group)
+
+    def _launch_group(self, group):
+        ext = group.ext
         with torch.no_grad():
-            ext[:-1].add_(p.detach().reshape(-1) - self._anchor[p].reshape(-1))
-        own, weights = self._shares()
-        return win_accumulate_nonblocking(ext, self._windows[p], self_weight=own,
-                                          dst_weights=weights, require_mutex=True)
+            weight = float(ext[-1])
+            ext[:-1].add_(group.flat() - group.anchor, alpha=weight)
+        own, shares = self._shares(weight)
+        first = group.params[0]
+        self._begin(first, lambda: win_accumulate_nonblocking(
+            ext, group.name, self_weight=own, dst_weights=shares, require_mutex=True))
+        group.handle = self._handles.pop(first)
 
-    def _combine(self, p):
-        ext = win_update_then_collect(self._windows[p], require_mutex=True)
-        p.copy_((ext[:-1] / ext[-1]).view_as(p))
-        self._anchor[p].copy_(p)
+    def synchronize(self):
+        """Wait for this rank's accumulates (never for a peer), optionally meet at a barrier, add
+        what arrived and set every parameter to ``x / weight``."""
+        launched = []
+        for group in self._groups:
+            if group.handle is None and group.due:      # some parameters saw no forward pass
+                self._launch_group(group)
+            if group.handle is not None:
+                win_wait(group.handle)
+                launched.append(group)
+        if self._distributed and self.force_barrier:
+            barrier()
+        with torch.no_grad():
+            for group in launched:
+                self._collect(group)
+                for p in group.due:
+                    self._delay[p] = self._steps
+                group.due.clear()
+                group.handle = None
+                self._end_span(group.params[0])
+        self._synchronized = True
+
+    def _collect(self, group):
+        ext = win_update_then_collect(group.name, require_mutex=True)
+        z = ext[:-1] / ext[-1]
+        group.anchor.copy_(z)
+        group.scatter(z)
+
+    def unregister_window(self):
+        """Collective: wait for this rank's accumulates, meet the others at a barrier, add the
+        weight still in flight (so every parameter holds this rank's final ``x / weight``), then
+        free the windows and remove the hooks.  Idempotent."""
+        if self._windows and context.initialized() and not context.current().suspended:
+            windows = context.current().windows
+            mine = [g for g in self._groups
+                    if windows.get(g.name) is not None and windows[g.name].tensor is g.ext]
+            for group in mine:
+                if group.handle is not None:
+                    win_wait(group.handle)
+                    group.handle = None
+            if mine:
+                barrier()
+                with torch.no_grad():
+                    for group in mine:
+                        self._collect(group)
+                        group.due.clear()
+        super().unregister_window()
