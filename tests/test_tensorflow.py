@@ -20,7 +20,7 @@ def _tensorflow_installed() -> bool:
 
 
 needs_tf = pytest.mark.skipif(not _tensorflow_installed(),
-                              reason="TensorFlow is not installed (pip install bluefog[tensorflow])")
+                              reason="TensorFlow is not installed (pip install -e '.[tensorflow]')")
 
 
 @needs_tf
@@ -46,4 +46,4 @@ def test_missing_tensorflow_gives_install_hint():
                    "try:\n    import bluefog.tensorflow\n"
                    "except ImportError as e:\n    print(e)\n")
     assert proc.returncode == 0, proc.stderr
-    assert "pip install bluefog[tensorflow]" in proc.stdout, proc.stdout
+    assert "pip install 'bluefog-gossip[tensorflow]'" in proc.stdout, proc.stdout

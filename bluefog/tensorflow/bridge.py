@@ -23,7 +23,7 @@ try:
 except ImportError as error:   # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "bluefog.tensorflow needs TensorFlow, which is not installed here "
-        f"({error}). Install it with: pip install bluefog[tensorflow]  "
+        f"({error}). Install it with: pip install 'bluefog-gossip[tensorflow]'  "
         "(or pip install tensorflow-cpu).") from error
 
 import numpy as np

@@ -135,24 +135,66 @@ class DistributedGradientTape:
         return average_gradients(grads, "DistributedGradientTape")
 
 
+# The Keras 3 optimizer that replaces each TF1 (``tf.compat.v1.train``) optimizer.
+_KERAS_FOR_V1 = {
+    "GradientDescentOptimizer": "keras.optimizers.SGD(learning_rate)",
+    "MomentumOptimizer": "keras.optimizers.SGD(learning_rate, momentum=momentum)",
+    "AdamOptimizer": "keras.optimizers.Adam(learning_rate)",
+    "AdagradOptimizer": "keras.optimizers.Adagrad(learning_rate)",
+    "AdadeltaOptimizer": "keras.optimizers.Adadelta(learning_rate)",
+    "RMSPropOptimizer": "keras.optimizers.RMSprop(learning_rate)",
+    "FtrlOptimizer": "keras.optimizers.Ftrl(learning_rate)",
+}
+
+
+def _check_optimizer(optimizer):
+    """TypeError unless ``optimizer`` is a Keras 3 optimizer, saying what to use instead."""
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return
+    kind = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+    if isinstance(optimizer, tf.compat.v1.train.Optimizer):
+        keras_name = _KERAS_FOR_V1.get(type(optimizer).__name__,
+                                       "the keras.optimizers class of the same algorithm")
+        raise TypeError(
+            f"DistributedOptimizer got a tf.compat.v1.train optimizer ({kind}). Bluefog 0.3.0 "
+            "wrapped those TF1 graph-mode optimizers; this bluefog wraps Keras 3 optimizers "
+            f"only. Use {keras_name} instead and wrap it: "
+            "bf.DistributedOptimizer(keras.optimizers..., communication='allreduce'). To keep a "
+            "custom loop, average the gradients with bf.DistributedGradientTape(tape) or "
+            "bf.average_gradients(grads) and apply them with the Keras optimizer.")
+    if type(optimizer).__module__.split(".")[0] == "tf_keras":
+        raise TypeError(
+            f"DistributedOptimizer got a Keras 2 (tf_keras) optimizer ({kind}); it wraps Keras 3 "
+            "optimizers only: use the keras.optimizers class of the same name (Keras 3, the "
+            "keras package that TensorFlow >= 2.16 brings).")
+    raise TypeError("DistributedOptimizer wraps a Keras 3 optimizer (keras.optimizers.Optimizer), "
+                    f"got {kind}.")
+
+
 @keras.saving.register_keras_serializable(package="bluefog")
 class DistributedOptimizer(keras.optimizers.Optimizer):
     """A Keras 3 optimizer wrapper that keeps the ranks' models together.
 
-    ``communication="allreduce"`` averages the gradients over all ranks before the wrapped
-    optimizer's step (every rank then takes the same step).  ``communication="neighbor_allreduce"``
-    lets each rank take its own step and then replaces each trainable variable by its
-    neighbor average (adapt, then combine).  The neighbor weights are the attributes
-    ``self_weight``, ``src_weights``, ``dst_weights`` and ``enable_topo_check`` (same meaning as in
-    ``neighbor_allreduce``; ``None`` means the topology's), read at every step, so a callback may
-    change them between steps for dynamic topologies.
+    The call shape is Bluefog 0.3.0's, ``DistributedOptimizer(optimizer, name=None,
+    use_locking=False, device="")`` (the second positional argument is the name), followed by
+    keyword-only arguments that choose the communication.
+
+    ``communication="allreduce"`` (the default, what 0.3.0 did) averages the gradients over all
+    ranks before the wrapped optimizer's step (every rank then takes the same step).
+    ``communication="neighbor_allreduce"`` lets each rank take its own step and then replaces
+    each trainable variable by its neighbor average (adapt, then combine). The neighbor weights
+    are the attributes ``self_weight``, ``src_weights``, ``dst_weights`` and
+    ``enable_topo_check`` (same meaning as in ``neighbor_allreduce``; ``None`` means the
+    topology's), read at every step, so a callback may change them between steps for dynamic
+    topologies.
 
     Works with ``model.compile(optimizer=...)`` / ``model.fit`` and with custom training loops
-    (``opt.apply(grads, variables)``).  The communication runs as host callbacks, so compile with
-    ``jit_compile=False`` where XLA would otherwise be used (GPU machines).  Start every rank from
+    (``opt.apply(grads, variables)``). The communication runs as host callbacks, so compile with
+    ``jit_compile=False`` where XLA would otherwise be used (GPU machines). Start every rank from
     the same weights (:func:`broadcast_variables` or :class:`BroadcastVariablesCallback`).
-    ``device`` and ``use_locking`` (from the original's legacy-optimizer wrapper) are accepted and
-    ignored.
+    ``device`` and ``use_locking`` are accepted and ignored. 0.3.0 wrapped TF1
+    ``tf.compat.v1.train`` optimizers; those raise a ``TypeError`` naming the Keras 3 optimizer to
+    use instead.
 
     Example::
 
@@ -160,17 +202,22 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         model.compile(optimizer=opt, loss="mse", jit_compile=False)
 
     Raises:
-        TypeError: ``optimizer`` is not a Keras 3 optimizer.
-        ValueError: unknown ``communication``, or Keras does not run on TensorFlow.
+        TypeError: ``optimizer`` is not a Keras 3 optimizer (a ``tf.compat.v1.train`` or Keras 2
+            optimizer, or anything else), or ``name`` is not a string.
+        ValueError: unknown ``communication``, a communication mode passed as the positional
+            ``name``, or Keras does not run on TensorFlow.
     """
 
-    def __init__(self, optimizer, communication="allreduce", *, self_weight=None,
-                 src_weights=None, dst_weights=None, enable_topo_check=False, name=None,
-                 device="", use_locking=False):
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError("DistributedOptimizer wraps a Keras 3 optimizer "
-                            "(keras.optimizers.Optimizer), got "
-                            f"{type(optimizer).__module__}.{type(optimizer).__name__}.")
+    def __init__(self, optimizer, name=None, use_locking=False, device="", *,
+                 communication="allreduce", self_weight=None, src_weights=None, dst_weights=None,
+                 enable_topo_check=False):
+        _check_optimizer(optimizer)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Argument name must be a string or None, got {type(name).__name__}.")
+        if name in COMMUNICATIONS:
+            raise ValueError(f"DistributedOptimizer(optimizer, {name!r}): the second positional "
+                             "argument is the optimizer's name (as in Bluefog 0.3.0); pass the "
+                             f"mode by keyword: communication={name!r}.")
         if keras.backend.backend() != "tensorflow":
             raise ValueError("DistributedOptimizer needs Keras on the TensorFlow backend "
                              f"(KERAS_BACKEND=tensorflow); this Keras runs on "

@@ -310,13 +310,29 @@ def case_distributed_optimizer_in_model_fit():
         if mode == "allreduce":
             assert spread < 1e-5, spread    # every rank took the same steps
         assert int(opt.iterations.numpy()) == 12
-    opt = bf.DistributedOptimizer(keras.optimizers.Adam(0.05), "neighbor_allreduce",
-                                  self_weight=0.5, src_weights={3: 0.5}, dst_weights={2: 1.0})
+    opt = bf.DistributedOptimizer(keras.optimizers.Adam(0.05), "named_by_position",
+                                  communication="neighbor_allreduce", self_weight=0.5, src_weights={3: 0.5}, dst_weights={2: 1.0})
     saved = json.loads(json.dumps(keras.saving.serialize_keras_object(opt)))   # as model.save
     clone = keras.saving.deserialize_keras_object(saved)
     assert isinstance(clone, bf.DistributedOptimizer) and clone.communication == "neighbor_allreduce"
+    assert opt.name == clone.name == "named_by_position"
     assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
     assert dict(clone.src_weights) == {3: 0.5} and dict(clone.dst_weights) == {2: 1.0}
+
+
+def case_distributed_optimizer_takes_the_0_3_0_call_shape():
+    n, r = bf.size(), bf.rank()
+    opt = bf.DistributedOptimizer(keras.optimizers.SGD(0.5), "legacy_name", False, "")
+    assert opt.name == "legacy_name" and opt.communication == "allreduce"
+    opt = bf.DistributedOptimizer(keras.optimizers.SGD(0.5), name="kw_name", use_locking=True,
+                                  device="/cpu:0")
+    assert opt.name == "kw_name"
+    default = bf.DistributedOptimizer(keras.optimizers.SGD(0.5))
+    assert default.name == "distributed_sgd" and default.communication == "allreduce"
+    # the positional-name optimizer trains: one step on per-rank gradients is the averaged step
+    variable = keras.Variable(np.zeros(2, dtype="float32"))
+    opt.apply([tf.constant([float(r), 1.0])], [variable])
+    _close(variable, [-0.5 * (n - 1) / 2, -0.5], atol=1e-6)
 
 
 def case_errors_are_clear():
@@ -338,5 +354,18 @@ def case_errors_are_clear():
     expect_error(ValueError, "communication", bf.DistributedOptimizer,
                  keras.optimizers.SGD(0.1), communication="gossip")
     expect_error(TypeError, "tf.GradientTape", bf.DistributedGradientTape, object())
+    # TF1 optimizers (what Bluefog 0.3.0 wrapped) get told which Keras 3 optimizer to use
+    error = expect_error(TypeError, "Use keras.optimizers.SGD(learning_rate) instead",
+                         bf.DistributedOptimizer, tf.compat.v1.train.GradientDescentOptimizer(0.1))
+    assert "tf.compat.v1.train optimizer" in str(error) and "GradientDescentOptimizer" in str(error)
+    expect_error(TypeError, "Use keras.optimizers.Adam(learning_rate) instead",
+                 bf.DistributedOptimizer, tf.compat.v1.train.AdamOptimizer(0.1), "adam_v1")
+    expect_error(TypeError, "the keras.optimizers class of the same algorithm",
+                 bf.DistributedOptimizer, tf.compat.v1.train.ProximalGradientDescentOptimizer(0.1))
+    # the 0.3.0 call shape: (optimizer, name, use_locking, device); the mode only by keyword
+    expect_error(ValueError, "communication='neighbor_allreduce'", bf.DistributedOptimizer,
+                 keras.optimizers.SGD(0.1), "neighbor_allreduce")
+    expect_error(TypeError, "Argument name must be a string", bf.DistributedOptimizer,
+                 keras.optimizers.SGD(0.1), 3)
     # the runtime is still usable after the errors
     _close(bf.allreduce(tf.constant([float(r)]), average=False), [n * (n - 1) / 2])
