@@ -12,7 +12,7 @@ Run::
     bfrun -np 4 python examples/pytorch_mnist.py --dist-optimizer hierarchical_neighbor_allreduce \\
         --ranks-per-machine 2          # on one host: pretend every 2 ranks are a machine
 
-Needs scikit-learn (``pip install scikit-learn`` or ``pip install 'bluefog[examples]'``).
+Needs scikit-learn (``pip install scikit-learn`` or ``pip install -e '.[examples]'`` in a checkout).
 """
 
 import argparse
@@ -64,7 +64,8 @@ def load_digits_split(seed):
         from sklearn.datasets import load_digits
     except ImportError:
         print("This example needs scikit-learn for its bundled digits data set: "
-              "pip install scikit-learn  (or pip install 'bluefog[examples]')", file=sys.stderr)
+              "pip install scikit-learn  (or pip install -e '.[examples]' in a checkout)",
+              file=sys.stderr)
         raise SystemExit(2)
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16.0

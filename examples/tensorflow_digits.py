@@ -10,8 +10,8 @@ Run::
     bfrun -np 4 python examples/tensorflow_digits.py
     bfrun -np 4 python examples/tensorflow_digits.py --allreduce
 
-Needs ``pip install bluefog[tensorflow] scikit-learn``; the data ships with scikit-learn (nothing is
-downloaded).
+Needs ``pip install 'bluefog-gossip[tensorflow]' scikit-learn`` (``pip install -e '.[tensorflow]'
+scikit-learn`` in a checkout); the data ships with scikit-learn (nothing is downloaded).
 """
 
 import argparse
