@@ -77,7 +77,7 @@ def test_summary_of_static_and_dynamic_topologies():
     assert full.exact_after == 1 and full.mixing_rate == 0.0
     exact = summarize(exact_average_schedule(6, k=1))
     assert (exact.rounds, exact.max_in_degree, exact.max_out_degree, exact.exact_after,
-            exact.mixing_rate) == (5, 1, 1, 5, 0.0)
+            exact.mixing_rate) == (4, 1, 1, 4, 0.0)
     one_peer = summarize(one_peer_exponential_schedule(16))
     assert (one_peer.rounds, one_peer.exact_after, one_peer.min_in_degree) == (4, 4, 1)
     assert summarize(one_peer_exponential_schedule(12)).exact_after is None
@@ -114,3 +114,65 @@ def test_bad_arguments(call, kind, fragment):
     with pytest.raises(kind) as info:
         call()
     assert fragment in str(info.value)
+
+
+# ----------------------------------------------------------------------------- plotting
+
+def _png_bytes(ax):
+    buffer = io.BytesIO()
+    ax.figure.savefig(buffer, format="png", dpi=40)
+    return buffer.getvalue()
+
+
+def _annotations(ax):
+    return [c for c in ax.get_children() if type(c).__name__ == "Annotation"]
+
+
+def test_plot_topology_draws_every_edge_headless():
+    """No pyplot, no backend chosen: the figure renders through Agg when saved."""
+    pytest.importorskip("matplotlib")
+    from bluefog.topology import plot_topology
+    ax = plot_topology(RingGraph(6), title="ring")
+    assert ax.get_title() == "ring"
+    assert sorted(t.get_text() for t in ax.texts if t not in _annotations(ax)) == list("012345")
+    assert len(_annotations(ax)) == 6                          # 6 two-way edges, drawn once
+    one_way = plot_topology(RingGraph(5, connect_style=1))
+    arrows = _annotations(one_way)
+    assert len(arrows) == 5 and all(a.arrow_patch.get_arrowstyle().__class__.__name__ == "CurveFilledB"
+                                    for a in arrows)
+    sched = plot_topology(exact_average_schedule(6, k=1))
+    assert [t.get_text() for t in sched.get_legend().get_texts()] == [
+        f"round {t}" for t in range(1, 5)]
+    assert _png_bytes(sched).startswith(b"\x89PNG")
+    from matplotlib.figure import Figure
+    given = Figure().add_subplot(1, 1, 1)
+    assert plot_topology(np.full((3, 3), 1 / 3), ax=given) is given
+
+
+def test_plot_consensus_error_one_line_per_topology():
+    pytest.importorskip("matplotlib")
+    from bluefog.topology import plot_consensus_error
+    ax = plot_consensus_error({"ring": RingGraph(8), "Base-2": exact_average_schedule(8, k=1)},
+                              iterations=12, floor=1e-15)
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["ring", "Base-2"]
+    ring_y, exact_y = lines[0].get_ydata(), lines[1].get_ydata()
+    assert len(ring_y) == 13 and ring_y[0] == 1.0 and 0 < ring_y[-1] < ring_y[1]
+    assert exact_y[3] == 1e-15 and ax.get_yscale() == "log"      # exact after 3 rounds
+    assert _png_bytes(ax).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="same number of ranks"):
+        plot_consensus_error({"a": RingGraph(4), "b": RingGraph(5)})
+    with pytest.raises(TypeError, match="non-empty mapping"):
+        plot_consensus_error([RingGraph(4)])
+
+
+def test_plotting_without_matplotlib_names_the_plot_extra(monkeypatch):
+    from bluefog.topology import plot_consensus_error, plot_topology
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib -> ImportError
+    for call in (lambda: plot_topology(RingGraph(4)),
+                 lambda: plot_consensus_error({"ring": RingGraph(4)})):
+        with pytest.raises(ImportError) as info:
+            call()
+        assert 'pip install "bluefog-gossip[plot]"' in str(info.value)

@@ -43,8 +43,9 @@ def test_every_size_averages_exactly_within_k_peers_and_the_length_bound(k):
 
 @pytest.mark.parametrize("n,k,rounds", [(2, 1, 1), (4, 1, 2), (8, 1, 3), (64, 1, 6), (9, 2, 2),
                                         (27, 2, 3), (16, 3, 2), (64, 3, 3), (6, 2, 2), (12, 3, 2),
-                                        (5, 4, 1)])
-def test_sizes_that_factor_into_small_parts_take_one_round_per_factor(n, k, rounds):
+                                        (5, 4, 1), (3, 1, 3), (6, 1, 4), (12, 1, 5),
+                                        (48, 1, 7), (24, 2, 4)])
+def test_schedule_lengths_of_some_sizes(n, k, rounds):
     assert len(exact_average_schedule(n, k=k)) == rounds
 
 

@@ -16,6 +16,7 @@ from .exact import (ScheduleRound, check_schedule, exact_average_rounds, exact_a
 from .generators import (ExponentialGraph, ExponentialTwoGraph, FullyConnectedGraph,
                          MeshGrid2DGraph, RingGraph, StarGraph, SymmetricExponentialGraph,
                          TopologyArgumentError)
+from .plotting import plot_consensus_error, plot_topology
 from .weights import (GetRecvWeights, GetSendWeights, IsRegularGraph, IsTopologyEquivalent,
                       spectral_gap, weight_matrix)
 
@@ -51,4 +52,6 @@ __all__ = [
     "diameter",
     "consensus_errors",
     "summarize",
+    "plot_topology",
+    "plot_consensus_error",
 ]

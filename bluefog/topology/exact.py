@@ -13,15 +13,17 @@ network average is kept by every round, not only by the whole period) and it tak
 ``2 * ceil(log_{k+1}(size)) + 2`` rounds (``log_{k+1}(size)`` rounds when size is a power of
 ``k + 1``).  The construction, written for this project:
 
-* a size whose prime factors can be grouped into factors ``f_1 ... f_m <= k + 1`` is a mixed-radix
-  "hyper-cube": in round t every rank averages uniformly with the ``f_t - 1`` ranks that differ from
-  it only in digit t; after m rounds every rank holds the mean;
-* any other size n is split into a block A of ``a >= n / 2`` ranks whose size factors as above and
-  the rest R (``s = n - a`` ranks, scheduled recursively, in parallel).  When A has averaged, each
-  rank of R swaps with its own rank of A with weight ``a / n`` (a 2 x 2 doubly stochastic block),
-  then A averages once more.  R's ranks all receive A's mean with the same weight in the same round
-  and R's remaining rounds keep constants, so R ends on the global mean; A's sum has absorbed R's
-  share, so A's second pass ends there too.
+* up to ``k + 1`` ranks average in one round (each talks to all the others);
+* a size ``n = d * e`` runs d's schedule inside every group of d ranks (in parallel), then e's
+  schedule across the groups: ``d + e`` rounds, each round a product of exact averages;
+* any size n can be split into a block A of ``a >= n / 2`` ranks (a size that factors into parts
+  ``<= k + 1``, so a product of one-round cliques) and the rest R (``s = n - a`` ranks, scheduled
+  recursively, in parallel with A).  When A has averaged, each rank of R swaps with its own rank
+  of A with weight ``a / n`` (a 2 x 2 doubly stochastic block), then A runs its schedule again.
+  R's ranks all take A's mean with the same weight in the same round and R's remaining rounds keep
+  constants, so R ends on the global mean; A's sum has absorbed R's share, so A's second pass ends
+  there too.  With ``a = d * (k+1)^p`` (the leading digit of n in base ``k + 1``) this is within
+  the bound above, and the builder takes whichever of these plans is shortest.
 
 :func:`one_peer_exponential_schedule` is the one-peer exponential graph (each rank sends to
 ``rank + 2^t``); it averages exactly when the size is a power of two.  :func:`schedule_rounds`
@@ -98,12 +100,15 @@ def _factors(n: int, base: int) -> Optional[Tuple[int, ...]]:
     return best
 
 
-def _smooth_candidates(n: int, base: int) -> List[int]:
+def _split_candidates(n: int, base: int) -> List[int]:
     """Block sizes ``a`` with ``n/2 <= a < n`` that factor into parts ``<= base``, largest first;
-    always includes ``d * base**p`` (the leading base-``base`` digit of n times its place)."""
-    place = base ** (len(_digits(n, base)) - 1)
-    leading = (n // place) * place
-    found = {leading} if leading < n else set()
+    always includes ``d * base**p`` (the leading base-``base`` digit of n times its place), which
+    is what the length bound rests on."""
+    place = 1
+    while place * base <= n:
+        place *= base
+    found = {(n // place) * place}
+    found.discard(n)
     for a in range(n - 1, (n + 1) // 2 - 1, -1):
         if len(found) >= _MAX_CANDIDATES:
             break
@@ -112,58 +117,75 @@ def _smooth_candidates(n: int, base: int) -> List[int]:
     return sorted(found, reverse=True)
 
 
-def _digits(n: int, base: int) -> List[int]:
-    out = []
-    while n:
-        n, d = divmod(n, base)
-        out.append(d)
-    return out
-
-
 @functools.lru_cache(maxsize=None)
-def _plan(n: int, base: int) -> Tuple[int, Optional[int]]:
-    """``(rounds, a)``: the schedule length for n ranks and the split (None: one hyper-cube)."""
-    direct = _factors(n, base)
-    if direct is not None:
-        return len(direct), None
+def _plan(n: int, base: int) -> Tuple[int, str, int]:
+    """``(rounds, how, part)`` for n ranks, the fewest rounds among:
+
+    * ``("clique", n)``: n <= base, one round;
+    * ``("product", d)``: n = d * e, d's schedule on every column then e's on every row;
+    * ``("split", a)``: A = a ranks (a hyper-cube) and the rest, joined by one pairing round.
+    """
+    if n <= base:
+        return 1, "clique", n
     best = None
-    for a in _smooth_candidates(n, base):
-        length = max(2 * len(_factors(a, base)) + 1, _plan(n - a, base)[0] + 1)
+    d = 2
+    while d * d <= n:
+        if n % d == 0:
+            length = _plan(d, base)[0] + _plan(n // d, base)[0]
+            if best is None or length < best[0]:
+                best = (length, "product", d)
+        d += 1
+    for a in _split_candidates(n, base):
+        length = max(2 * _plan(a, base)[0] + 1, _plan(n - a, base)[0] + 1)
         if best is None or length < best[0]:
-            best = (length, a)
-    assert best is not None, "n // 2 <= leading digit block < n always exists for n > base"
+            best = (length, "split", a)
     return best
 
 
-def _cube_rounds(first: int, n: int, base: int) -> List[_Round]:
-    """Hyper-cube rounds on ranks ``first .. first + n - 1``."""
-    rounds, stride = [], 1
-    for f in _factors(n, base):
-        groups = {}
-        for i in range(n):
-            key = (i // (stride * f), i % stride)
-            groups.setdefault(key, []).append(first + i)
-        rounds.append([("clique", tuple(g)) for g in groups.values()])
-        stride *= f
-    return rounds
-
-
-def _rounds(first: int, n: int, base: int) -> List[_Round]:
-    length, a = _plan(n, base)
-    if a is None:
-        return _cube_rounds(first, n, base)
-    s = n - a
-    cube = _cube_rounds(first, a, base)
-    rest = _rounds(first + a, s, base)
-    pair = [("pair", (first + i, first + a + i, a / n)) for i in range(s)]
-    rest = rest + [[] for _ in range(len(cube) - len(rest))]           # R idles until A is done
-    timeline_a = cube + [pair] + cube
-    timeline_r = rest[:len(cube)] + [[]] + rest[len(cube):]
+def _relabel(rounds: List[_Round], label) -> List[_Round]:
     out = []
-    for t in range(length):
-        out.append((timeline_a[t] if t < len(timeline_a) else [])
-                   + (timeline_r[t] if t < len(timeline_r) else []))
+    for ops in rounds:
+        new = []
+        for kind, data in ops:
+            if kind == "clique":
+                new.append((kind, tuple(label(r) for r in data)))
+            else:
+                new.append((kind, (label(data[0]), label(data[1]), data[2])))
+        out.append(new)
     return out
+
+
+def _parallel(*timelines: List[_Round]) -> List[_Round]:
+    """Rounds that run the timelines side by side (they touch disjoint ranks)."""
+    length = max(len(t) for t in timelines)
+    return [[op for t in timelines if i < len(t) for op in t[i]] for i in range(length)]
+
+
+@functools.lru_cache(maxsize=None)
+def _local_rounds(n: int, base: int) -> Tuple[Tuple[_Op, ...], ...]:
+    """The schedule of ranks ``0 .. n-1`` as rounds of operations (cached, hence tuples)."""
+    length, how, part = _plan(n, base)
+    if how == "clique":
+        rounds = [[("clique", tuple(range(n)))]]
+    elif how == "product":
+        d, e = part, n // part                       # rank u + d * v: column v, row u
+        inner = [list(r) for r in _local_rounds(d, base)]
+        outer = [list(r) for r in _local_rounds(e, base)]
+        rounds = (_parallel(*[_relabel(inner, lambda u, v=v: u + d * v) for v in range(e)])
+                  + _parallel(*[_relabel(outer, lambda v, u=u: u + d * v) for u in range(d)]))
+    else:
+        a, s = part, n - part
+        cube = [list(r) for r in _local_rounds(a, base)]
+        rest = _relabel([list(r) for r in _local_rounds(s, base)], lambda r: r + a)
+        pair = [("pair", (i, a + i, a / n)) for i in range(s)]
+        rest = rest + [[] for _ in range(len(cube) - len(rest))]       # R idles until A is done
+        rounds = _parallel(cube + [pair] + cube, rest[:len(cube)] + [[]] + rest[len(cube):])
+    assert len(rounds) == length
+    return tuple(tuple(ops) for ops in rounds)
+
+
+def _rounds(n: int, base: int) -> List[_Round]:
+    return [list(ops) for ops in _local_rounds(n, base)]
 
 
 def _matrix(size: int, ops: _Round) -> np.ndarray:
@@ -206,7 +228,7 @@ def exact_average_schedule(size: int, k: int = 1) -> List[np.ndarray]:
     size, k = _require_size_k(size, k)
     if size == 1:
         return [np.ones((1, 1))]
-    return [_matrix(size, ops) for ops in _rounds(0, size, k + 1)]
+    return [_matrix(size, ops) for ops in _rounds(size, k + 1)]
 
 
 def one_peer_exponential_schedule(size: int) -> List[np.ndarray]:
@@ -294,7 +316,7 @@ def exact_average_rounds(size: int, rank: int, k: int = 1) -> List[ScheduleRound
     rank = _require_rank("rank", rank, size)
     if size == 1:
         return [ScheduleRound([], [], 1.0, {})]
-    return [_rank_round(ops, rank) for ops in _rounds(0, size, k + 1)]
+    return [_rank_round(ops, rank) for ops in _rounds(size, k + 1)]
 
 
 def _rank_round(ops: _Round, rank: int) -> ScheduleRound:
