@@ -9,11 +9,10 @@ from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Sub
                                 signature, submit)
 
 
-def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None,
-                           _inplace=True):
+def allreduce_nonblocking_(tensor, average=True, is_hierarchical_local=False, name=None):
     """In place: sum (or average) ``tensor`` over all ranks, or over the machine with
     ``is_hierarchical_local=True``.  Returns a handle; ``synchronize`` gives back ``tensor``."""
-    return submit(_allreduce_request(tensor, average, is_hierarchical_local, name, _inplace))
+    return submit(_allreduce_request(tensor, average, is_hierarchical_local, name, True))
 
 
 def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) -> Request:
@@ -45,7 +44,7 @@ def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) ->
 
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
     """Out of place :func:`allreduce_nonblocking_`: the input is left unchanged."""
-    return allreduce_nonblocking_(tensor, average, is_hierarchical_local, name, _inplace=False)
+    return submit(_allreduce_request(tensor, average, is_hierarchical_local, name, False))
 
 
 def allreduce(tensor, average=True, is_hierarchical_local=False, name=None):
@@ -72,30 +71,34 @@ def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
                              engine.layout, request, tensor, engine.size if average else 1, inplace))
 
 
-def broadcast_nonblocking_(tensor, root_rank, name=None, _inplace=True):
+def broadcast_nonblocking_(tensor, root_rank, name=None):
     """In place: overwrite ``tensor`` with ``root_rank``'s value.  Returns a handle."""
+    return _broadcast(tensor, root_rank, name, True)
+
+
+def _broadcast(tensor, root_rank, name, inplace):
     given, tensor = tensor, check_tensor(tensor, MOVE_DTYPES, "broadcast")
     size = live_context().size
     if not isinstance(root_rank, int) or not 0 <= root_rank < size:
         raise ValueError(f"Argument root_rank must be an int in [0, {size}), got {root_rank!r}.")
-    job = Submission("broadcast", name, tensor if _inplace else None)
+    job = Submission("broadcast", name, tensor if inplace else None)
     comm = job.ctx.engine.data_comm
     sig = signature("broadcast", tensor, int(root_rank))
     source = tensor
-    tensor = job.place("broadcast", tensor, _inplace)
-    if _inplace:
+    tensor = job.place("broadcast", tensor, inplace)
+    if inplace:
         job.hand_back(given, source)
     if job.route == cuda.NCCL:
-        return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, _inplace, root_rank,
+        return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, inplace, root_rank,
                                                            job.ready), activity="BROADCAST")
-    output = tensor if _inplace or job.staged else memory.empty_like(tensor)
+    output = tensor if inplace or job.staged else memory.empty_like(tensor)
     return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
                     activity="BROADCAST")
 
 
 def broadcast_nonblocking(tensor, root_rank, name=None):
     """Out of place :func:`broadcast_nonblocking_`."""
-    return broadcast_nonblocking_(tensor, root_rank, name, _inplace=False)
+    return _broadcast(tensor, root_rank, name, False)
 
 
 def broadcast(tensor, root_rank, name=None):

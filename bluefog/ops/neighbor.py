@@ -107,18 +107,23 @@ _static = None
 
 @_RENAMED
 def neighbor_allreduce_nonblocking(tensor, *, self_weight=None, src_weights=None, dst_weights=None,
-                                   enable_topo_check=True, name=None, _into_at_sync=False):
-    """Weighted average with neighbors; returns a handle.  See :func:`neighbor_allreduce`.
-
-    ``_into_at_sync`` (for the optimizers, CPU tensors): the average is computed by ``synchronize``
-    in the caller's thread, into ``tensor`` itself, without a new output tensor.
-    """
+                                   enable_topo_check=True, name=None):
+    """Weighted average with neighbors; returns a handle.  See :func:`neighbor_allreduce`."""
     return submit(_neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights,
-                                              enable_topo_check, name, _into_at_sync))
+                                              enable_topo_check, name))
+
+
+def neighbor_average_into_at_sync(tensor, *, self_weight, src_weights, dst_weights,
+                                  enable_topo_check, name):
+    """Internal, for the optimizers: :func:`neighbor_allreduce_nonblocking` whose average (CPU
+    tensors) is computed by ``synchronize`` in the caller's thread, into ``tensor`` itself, without
+    a new output tensor.  Not part of the public API."""
+    return submit(_neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights,
+                                              enable_topo_check, name, into_at_sync=True))
 
 
 def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, enable_topo_check,
-                                name, _into_at_sync=False) -> Request:
+                                name, into_at_sync=False) -> Request:
     tensor = check_tensor(tensor, FLOAT_DTYPES, "neighbor_allreduce")
     ctx = live_context()
     sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
@@ -133,7 +138,7 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
     if job.route == cuda.NCCL:
         return job.request(sig, lambda launch: cuda.neighbor_allreduce(
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
-    defer = bool(_into_at_sync) and job.route is None
+    defer = into_at_sync and job.route is None
     if defer:
         job.handle.convert = lambda slots: _combine_received(combine, tensor, slots)
     fusion = {} if checked or defer else dict(

@@ -20,7 +20,7 @@ from bluefog.errors import ArgumentAssertionError
 from bluefog.ops.collective import allreduce_nonblocking
 from bluefog.ops.common import live_context, synchronize
 from bluefog.ops.hierarchical import hierarchical_neighbor_allreduce_nonblocking
-from bluefog.ops.neighbor import neighbor_allreduce_nonblocking
+from bluefog.ops.neighbor import neighbor_allreduce_nonblocking, neighbor_average_into_at_sync
 from bluefog.optim.wrapper import set_parameter
 from bluefog.packing import adjacent_span, pack, split_like
 
@@ -49,10 +49,10 @@ class NeighborAllreduceAverager:
     ``in_place`` the average is written into ``tensor`` when the op is waited for."""
 
     def launch(self, tensor, name, knobs, in_place=False):
-        return neighbor_allreduce_nonblocking(
-            tensor, self_weight=knobs.self_weight, src_weights=knobs.src_weights,
-            dst_weights=knobs.dst_weights, enable_topo_check=knobs.enable_topo_check, name=name,
-            _into_at_sync=in_place)
+        start = neighbor_average_into_at_sync if in_place else neighbor_allreduce_nonblocking
+        return start(tensor, self_weight=knobs.self_weight, src_weights=knobs.src_weights,
+                     dst_weights=knobs.dst_weights, enable_topo_check=knobs.enable_topo_check,
+                     name=name)
 
     def finish(self, token):
         return synchronize(token)
