@@ -31,7 +31,8 @@ from bluefog.topology import (ExponentialGraph, ExponentialTwoGraph, FullyConnec
                               GetInnerOuterExpo2DynamicSendRecvRanks,
                               GetInnerOuterRingDynamicSendRecvRanks, GetRecvWeights, GetSendWeights,
                               IsRegularGraph, IsTopologyEquivalent, MeshGrid2DGraph, RingGraph,
-                              StarGraph, SymmetricExponentialGraph)
+                              StarGraph, SymmetricExponentialGraph, exact_average_rounds,
+                              exact_average_schedule)
 from bluefog.torch.topology_util import (InferDestinationFromSourceRanks,
                                          InferSourceFromDestinationRanks)
 from bluefog.optim import (CommunicationType, DistributedAdaptThenCombineOptimizer,
@@ -71,7 +72,8 @@ __all__ = [
     "ExponentialTwoGraph", "ExponentialGraph", "FullyConnectedGraph", "MeshGrid2DGraph",
     "RingGraph", "StarGraph", "SymmetricExponentialGraph", "GetDynamicOnePeerSendRecvRanks",
     "GetExp2DynamicSendRecvMachineRanks", "GetInnerOuterRingDynamicSendRecvRanks",
-    "GetInnerOuterExpo2DynamicSendRecvRanks", "InferSourceFromDestinationRanks",
+    "GetInnerOuterExpo2DynamicSendRecvRanks", "exact_average_schedule", "exact_average_rounds",
+    "InferSourceFromDestinationRanks",
     "InferDestinationFromSourceRanks",
     "broadcast_optimizer_state", "broadcast_parameters", "allreduce_parameters",
     "CommunicationType", "DistributedAdaptThenCombineOptimizer", "DistributedAdaptWithCombineOptimizer",
