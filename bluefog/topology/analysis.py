@@ -211,7 +211,7 @@ def summarize(topology: Topology) -> TopologySummary:
 
         >>> s = summarize(exact_average_schedule(6, k=1))
         >>> s.rounds, s.max_in_degree, s.exact_after, s.mixing_rate
-        (5, 1, 5, 0.0)
+        (4, 1, 4, 0.0)
     """
     mats = _matrices(topology)
     degrees = degree_range(mats)
