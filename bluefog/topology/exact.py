@@ -48,7 +48,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .generators import TopologyArgumentError, _require_int, _require_rank
+from .generators import _require_int, _require_rank
 
 __all__ = [
     "ScheduleRound",
@@ -244,7 +244,7 @@ def one_peer_exponential_schedule(size: int) -> List[np.ndarray]:
 
     Example::
 
-        >>> [np.argmax(w[0] - np.eye(4)[0]) for w in one_peer_exponential_schedule(4)]
+        >>> [int(np.flatnonzero(w[0])[-1]) for w in one_peer_exponential_schedule(4)]   # 0 sends to
         [1, 2]
     """
     size = _require_int("size", size, 1)
