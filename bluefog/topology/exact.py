@@ -22,8 +22,13 @@ network average is kept by every round, not only by the whole period) and it tak
   of A with weight ``a / n`` (a 2 x 2 doubly stochastic block), then A runs its schedule again.
   R's ranks all take A's mean with the same weight in the same round and R's remaining rounds keep
   constants, so R ends on the global mean; A's sum has absorbed R's share, so A's second pass ends
-  there too.  With ``a = d * (k+1)^p`` (the leading digit of n in base ``k + 1``) this is within
-  the bound above, and the builder takes whichever of these plans is shortest.
+  there too.
+
+Why the bound holds (induction on n, b = k + 1, ``b^p < n < b^(p+1)``): take ``a = d * b^p``,
+the leading digit of n in base b times its place; A needs at most ``p + 1`` rounds (p cliques of b
+and one of d) and ``s = n - a < b^p`` needs at most ``2p + 2`` by induction, so the split takes at
+most ``max(2(p + 1) + 1, 2p + 2 + 1) = 2p + 3 <= 2 ceil(log_b n) + 2`` rounds; a power of b takes
+p.  The builder tries this plan, other splits and every factorisation, and keeps the shortest.
 
 :func:`one_peer_exponential_schedule` is the one-peer exponential graph (each rank sends to
 ``rank + 2^t``); it averages exactly when the size is a power of two.  :func:`schedule_rounds`
