@@ -128,3 +128,10 @@ def test_schedule_must_be_a_list_of_matrices():
 @pytest.mark.parametrize("case,size", case_params(CASES, sizes=(3, 4, 5, 6)))
 def test_schedule_cases(case, size):
     case_result(CASES, case, size)
+
+
+def test_length_bound_beyond_64():
+    """The bound for larger sizes (the per-rank form has the same length as the matrix form)."""
+    for k in (1, 2, 3, 4):
+        for n in list(range(65, 1100, 13)) + [(k + 1) ** 4 + 1, 2 * (k + 1) ** 4 - 1]:
+            assert len(exact_average_rounds(n, n // 2, k=k)) <= 2 * _ceil_log(n, k + 1) + 2, (n, k)
