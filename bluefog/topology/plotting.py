@@ -84,10 +84,11 @@ def plot_topology(topology, ax=None, title: Optional[str] = None, labels: Option
             if adj[j, i] and j < i:
                 continue                                   # drawn once as a two-way edge
             style = "-" if adj[j, i] else "-|>"
-            ax.annotate("", xy=pos[j], xytext=pos[i],
-                        arrowprops=dict(arrowstyle=style, color=colors[t], lw=0.9, alpha=0.75,
-                                        shrinkA=4, shrinkB=4,
-                                        connectionstyle="arc3,rad=0.08" if len(mats) > 1 else None))
+            props = dict(arrowstyle=style, color=colors[t], lw=0.9, alpha=0.75, shrinkA=4,
+                         shrinkB=4)
+            if len(mats) > 1:                              # rounds may reuse an edge: bend them
+                props["connectionstyle"] = "arc3,rad=0.08"
+            ax.annotate("", xy=pos[j], xytext=pos[i], arrowprops=props)
         if label:
             ax.plot([], [], color=colors[t], label=label)
     ax.scatter(pos[:, 0], pos[:, 1], s=node_size, c="white", edgecolors="black", zorder=3)
