@@ -147,6 +147,10 @@ def test_plot_topology_draws_every_edge_headless():
     from matplotlib.figure import Figure
     given = Figure().add_subplot(1, 1, 1)
     assert plot_topology(np.full((3, 3), 1 / 3), ax=given) is given
+    grid = plot_topology(RingGraph(4), positions=[[0, 0], [1, 0], [1, 1], [0, 1]])
+    assert grid.get_xlim()[0] < 0 < 1 < grid.get_xlim()[1]
+    with pytest.raises(ValueError, match=r"positions must be an array of shape \(4, 2\)"):
+        plot_topology(RingGraph(4), positions=[[0, 0]])
 
 
 def test_plot_consensus_error_one_line_per_topology():
