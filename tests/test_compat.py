@@ -4,7 +4,6 @@
 the very objects of the public namespaces, and an old-style script using them runs under bfrun."""
 
 import importlib
-import os
 import subprocess
 import sys
 import textwrap

@@ -33,7 +33,8 @@ def execute_function_multithreaded(function: Callable, args_list: Sequence[Seque
     args_list = [tuple(args) for args in args_list]
     if not args_list:
         return {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_workers, len(args_list))) as pool:
+    workers = min(max_workers, len(args_list))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(function, *args) for args in args_list]
         return {index: future.result() for index, future in enumerate(futures)}
 

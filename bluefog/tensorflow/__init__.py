@@ -1,8 +1,8 @@
 """``import bluefog.tensorflow as bf``: the TensorFlow API on the same runtime as ``bluefog.torch``.
 
-Needs TensorFlow (``pip install "bluefog-gossip[tensorflow]"``, or ``pip install -e ".[tensorflow]"``
-in a checkout).  One runtime per process: ``bf.init()`` here and in ``bluefog.torch`` start the
-same one.
+Needs TensorFlow (``pip install "bluefog-gossip[tensorflow]"``, or
+``pip install -e ".[tensorflow]"`` in a checkout).  One runtime per process: ``bf.init()`` here
+and in ``bluefog.torch`` start the same one.
 """
 
 from bluefog.tensorflow.bridge import tf as _tf  # noqa: F401  (the clear ImportError comes first)

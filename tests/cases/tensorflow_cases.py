@@ -311,7 +311,8 @@ def case_distributed_optimizer_in_model_fit():
             assert spread < 1e-5, spread    # every rank took the same steps
         assert int(opt.iterations.numpy()) == 12
     opt = bf.DistributedOptimizer(keras.optimizers.Adam(0.05), "named_by_position",
-                                  communication="neighbor_allreduce", self_weight=0.5, src_weights={3: 0.5}, dst_weights={2: 1.0})
+                                  communication="neighbor_allreduce", self_weight=0.5,
+                                  src_weights={3: 0.5}, dst_weights={2: 1.0})
     saved = json.loads(json.dumps(keras.saving.serialize_keras_object(opt)))   # as model.save
     clone = keras.saving.deserialize_keras_object(saved)
     assert isinstance(clone, bf.DistributedOptimizer) and clone.communication == "neighbor_allreduce"
