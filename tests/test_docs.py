@@ -134,6 +134,22 @@ def test_api_reference_builds_without_warnings(tmp_path):
     assert not missing, f"no entry in the API reference for {missing}"
 
 
+def test_api_reference_build_fails_on_a_bad_docstring(tmp_path):
+    """The same configuration and flags turn a docstring's markup error into a failed build."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "index.rst").write_text(".. automodule:: badly_documented\n   :members:\n")
+    (tmp_path / "badly_documented.py").write_text(
+        'def f():\n    """Summary.\n\n    Text\n        indented without a literal marker\n'
+        '    back out.\n    """\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                           "-c", os.path.join(ROOT, "docs", "api"), str(tmp_path / "src"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "badly_documented" in proc.stderr and "indent" in proc.stderr.lower(), proc.stderr
+
+
 def _tensorflow_names():
     """``bluefog.tensorflow.__all__`` read from its source (importing TensorFlow takes seconds)."""
     import ast
