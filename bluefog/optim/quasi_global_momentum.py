@@ -17,8 +17,6 @@ Example::
     opt = bf.DistributedQuasiGlobalMomentumOptimizer(sgd, model)
 """
 
-import torch
-
 from bluefog.optim.adapt_then_combine import AdaptInBackward
 from bluefog.optim.communication import CollectiveKnobs, CommunicationType
 from bluefog.optim.sgd_methods import MethodSteps, check_sgd, direction

@@ -172,7 +172,7 @@ def directed_irregular(n):
 # -- a few steps against the references (1, 2 and 4 ranks) ---------------------------------------
 
 def case_gradient_tracking_matches_reference():
-    n, lr = bf.size(), 0.05
+    lr = 0.05
     x, opt = train(bf.DistributedGradientTrackingOptimizer, 4, lr)
     close_to(x, ref_gradient_tracking(mixing(bf.load_topology()), 4, lr)[bf.rank()])
     assert isinstance(opt, torch.optim.SGD)
@@ -214,7 +214,7 @@ def case_quasi_global_momentum_differs_from_heavy_ball():
 
 
 def case_periodic_global_average_matches_reference():
-    n, lr = bf.size(), 0.05
+    lr = 0.05
     W = mixing(bf.load_topology())
     for wrapper, then_combine in [(bf.DistributedAdaptWithCombineOptimizer, False),
                                   (bf.DistributedAdaptThenCombineOptimizer, True)]:
@@ -250,6 +250,28 @@ def case_state_dict_resumes_the_same_trajectory():
             resumed.step()
         resumed.remove_hooks()
         close_to(model.weight.detach(), straight, atol=1e-12)
+
+
+def case_closure_steps_match_manual_steps():
+    """``step(closure)`` (closure does forward and backward) follows the same trajectory."""
+    bf.set_topology(bf.RingGraph(bf.size()))
+    A, b = data(bf.rank())
+    for make in METHODS[:3]:
+        manual, _ = train(make, 3, 0.05)
+        model = torch.nn.Linear(D, 1, bias=False).double()
+        with torch.no_grad():
+            model.weight.copy_(start(bf.rank()))
+        opt = make(torch.optim.SGD(model.parameters(), lr=0.05), model)
+
+        def closure():
+            opt.zero_grad()
+            loss = 0.5 * ((model(A) - b) ** 2).mean()
+            loss.backward()
+            return loss
+        for _ in range(3):
+            assert opt.step(closure) is not None
+        opt.remove_hooks()
+        close_to(model.weight.detach(), manual, atol=1e-12)
 
 
 # -- convergence to the exact minimizer, 4 ranks -------------------------------------------------
