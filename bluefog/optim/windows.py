@@ -186,9 +186,10 @@ class DistributedPullGetOptimizer(WindowOptimizer):
 
 
 class _Group:
-    """The parameters of one dtype and device, pushed as one window: ``ext = [x, weight]``."""
+    """The parameters of one dtype and device, pushed as one window: ``ext = [x, weight]``, and
+    ``out``, the same layout, for the shares sent when they are equal."""
 
-    __slots__ = ("params", "name", "ext", "anchor", "handle", "due")
+    __slots__ = ("params", "name", "ext", "out", "spans", "handle", "due")
 
     def __init__(self, params, name):
         self.params = params
@@ -196,20 +197,24 @@ class _Group:
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for p in params])
             self.ext = torch.cat([flat, torch.ones(1, dtype=flat.dtype, device=flat.device)])
-            self.anchor = flat.clone()       # z at the last combine
+        self.out = None
+        self.spans = []
+        start = 0
+        for p in params:
+            self.spans.append((p, start, start + p.numel()))
+            start += p.numel()
         self.handle = None
         self.due = set()
 
-    def flat(self):
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+    def gather(self):
+        """``ext[:-1] <- z``, the parameters now, as one flat vector."""
+        torch.cat([p.detach().reshape(-1) for p, _, _ in self.spans], out=self.ext[:-1])
 
-    def scatter(self, z):
-        """Copy the flat ``z`` into the parameters."""
-        start = 0
-        for p in self.params:
-            count = p.numel()
-            p.copy_(z[start:start + count].view_as(p))
-            start += count
+    def scatter(self, flat):
+        """Parameters <- the flat vector ``flat``."""
+        parts = flat.split([b - a for _, a, b in self.spans])
+        torch._foreach_copy_([p.data for p in self.params],
+                             [part.view_as(p) for p, part in zip(self.params, parts)])
 
 
 class DistributedPushSumOptimizer(WindowOptimizer):
@@ -299,14 +304,33 @@ class DistributedPushSumOptimizer(WindowOptimizer):
                 self._launch_group(group)
 
     def _launch_group(self, group):
+        """``x <- weight * z`` (so the local step since the last combine enters ``x`` scaled by
+        the weight, and ``z`` moves exactly as the base optimizer moved it), then accumulate the
+        shares of ``[x, weight]`` into the out-neighbours and keep the rest."""
         ext = group.ext
         with torch.no_grad():
             weight = float(ext[-1])
-            ext[:-1].add_(group.flat() - group.anchor, alpha=weight)
-        own, shares = self._shares(weight)
+            own, shares = self._shares(weight)
+            values = set(shares.values())
+            group.gather()
+            x = ext[:-1]
+            if len(values) == 1:        # equal shares: scale once, send unscaled
+                if group.out is None:
+                    group.out = torch.empty_like(ext)
+                share = weight * values.pop()
+                torch.mul(x, share, out=group.out[:-1])
+                group.out[-1] = share
+                x.mul_(weight * own)
+                ext[-1] = weight * own
+                ones = {r: 1.0 for r in shares}
+                launch = lambda: win_accumulate_nonblocking(
+                    group.out, group.name, dst_weights=ones, require_mutex=True)
+            else:
+                x.mul_(weight)
+                launch = lambda: win_accumulate_nonblocking(
+                    ext, group.name, self_weight=own, dst_weights=shares, require_mutex=True)
         first = group.params[0]
-        self._begin(first, lambda: win_accumulate_nonblocking(
-            ext, group.name, self_weight=own, dst_weights=shares, require_mutex=True))
+        self._begin(first, launch)
         group.handle = self._handles.pop(first)
 
     def synchronize(self):
@@ -333,9 +357,7 @@ class DistributedPushSumOptimizer(WindowOptimizer):
 
     def _collect(self, group):
         ext = win_update_then_collect(group.name, require_mutex=True)
-        z = ext[:-1] / ext[-1]
-        group.anchor.copy_(z)
-        group.scatter(z)
+        group.scatter(ext[:-1] / ext[-1])
 
     def unregister_window(self):
         """Collective: wait for this rank's accumulates, meet the others at a barrier, add the
