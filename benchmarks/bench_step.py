@@ -1,6 +1,6 @@
 """Optimizer step time on a model of 100+ parameter tensors: AWC (neighbor_allreduce), gradient
-allreduce, torch DDP over gloo, the same step without communication, and the raw floor of one
-neighbor exchange of all parameters as a single buffer.
+allreduce, push-sum, torch DDP over gloo, the same step without communication, and the raw floor
+of one neighbor exchange of all parameters as a single buffer.
 
 Run (it launches the ranks itself, through bfrun)::
 
@@ -86,6 +86,9 @@ def our_steps(args, comm, data, target):
     model = make_model(args.layers, args.width)
     steps["gradient allreduce"] = training_step(
         model, bf.DistributedGradientAllreduceOptimizer(sgd(model), model=model), data, target)
+    model = make_model(args.layers, args.width)
+    steps["push-sum (asynchronous, win_accumulate)"] = training_step(
+        model, bf.DistributedPushSumOptimizer(sgd(model), model=model), data, target)
     return steps
 
 
