@@ -100,6 +100,18 @@ def rank() -> int:
     return context.current().rank
 
 
+def failed_ranks() -> List[int]:
+    """The ranks known dead, sorted, the same on every survivor (fault-tolerant mode,
+    ``bfrun --fault-tolerant``); always empty otherwise.
+
+    Example::
+
+        if bf.failed_ranks():
+            print(f"going on without {bf.failed_ranks()}")
+    """
+    return context.current().failed_ranks()
+
+
 def local_size() -> int:
     """Number of ranks on this machine (or in this ``BLUEFOG_NODES_PER_MACHINE`` block)."""
     return context.current().local_size

@@ -22,6 +22,8 @@ MAX_WIN_SENT_LENGTH = "BLUEFOG_MAX_WIN_SENT_LENGTH"
 START_TIMEOUT = "BLUEFOG_START_TIMEOUT"
 OUTPUT_POOL_MB = "BLUEFOG_OUTPUT_POOL_MB"
 FAILURE_DIR = "BLUEFOG_FAILURE_DIR"
+FAULT_TOLERANT = "BLUEFOG_FAULT_TOLERANT"       # 1 under `mpirun --with-ft ulfm` (bfrun --fault-tolerant)
+FAILURE_TIMEOUT = "BLUEFOG_FAILURE_TIMEOUT"     # read by bfrun: seconds before a frozen rank is dead
 
 # Per-op switches, read at every op: 1 sends that op's CUDA tensors over MPI (host staging), not NCCL.
 BY_MPI = {
@@ -37,7 +39,7 @@ WITHOUT_EFFECT = (
 )
 KNOWN = (LOG_LEVEL, LOG_HIDE_TIME, TIMELINE, FUSION_THRESHOLD, CYCLE_TIME, MPI_THREAD_LEVEL,
          NODES_PER_MACHINE, OPS_ON_CPU, MAX_WIN_SENT_LENGTH, START_TIMEOUT, FAILURE_DIR,
-         OUTPUT_POOL_MB) + tuple(BY_MPI.values()) + WITHOUT_EFFECT
+         OUTPUT_POOL_MB, FAULT_TOLERANT, FAILURE_TIMEOUT) + tuple(BY_MPI.values()) + WITHOUT_EFFECT
 
 LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
@@ -58,6 +60,7 @@ class Settings:
     ops_on_cpu: bool = False
     max_win_sent_length: int = 1 << 20
     output_pool_mb: int = 256
+    fault_tolerant: bool = False
 
 
 def _number(name, cast, default, minimum):
@@ -128,6 +131,17 @@ def ops_on_cpu() -> bool:
     return _flag(OPS_ON_CPU)
 
 
+def fault_tolerant() -> bool:
+    """``BLUEFOG_FAULT_TOLERANT``, read now: survive dead ranks (needs an MPI with ULFM)."""
+    return _flag(FAULT_TOLERANT)
+
+
+def failure_timeout() -> Optional[float]:
+    """``BLUEFOG_FAILURE_TIMEOUT``: seconds without a heartbeat before a rank counts as dead (None:
+    the launcher's default)."""
+    return _number(FAILURE_TIMEOUT, float, None, 0.1)
+
+
 def by_mpi(op: str) -> bool:
     """``BLUEFOG_<OP>_BY_MPI`` for ``op`` (a key of :data:`BY_MPI`), read now."""
     return _flag(BY_MPI[op])
@@ -158,4 +172,5 @@ def read() -> Settings:
         ops_on_cpu=ops_on_cpu(),
         max_win_sent_length=_number(MAX_WIN_SENT_LENGTH, int, Settings.max_win_sent_length, 1),
         output_pool_mb=_number(OUTPUT_POOL_MB, int, Settings.output_pool_mb, 0),
+        fault_tolerant=fault_tolerant(),
     )

@@ -6,6 +6,7 @@ the machine groups if that changed, and resets the topology); ``bf.shutdown()`` 
 
 import atexit
 import logging
+import os
 import sys
 import threading
 from typing import List, Optional
@@ -32,7 +33,11 @@ class Context:
         self.size = self.world.Get_size()
         self.rank = self.world.Get_rank()
         self.settings = config.read()
-        self.engine = Engine(self.world, self.settings.cycle_time_ms, self.settings.fusion_threshold)
+        if self.settings.fault_tolerant:
+            _check_ulfm(MPI, self.size)
+        self.engine = Engine(self.world, self.settings.cycle_time_ms, self.settings.fusion_threshold,
+                             self.settings.fault_tolerant)
+        self.engine.failure_hooks.append(self._after_failure)
         self.caller_comm = self.world.Dup()   # collectives issued on the caller's thread
         self.cuda = CudaRuntime(self.rank, self.size, self.settings.ops_on_cpu)   # touches no GPU yet
         self.local_comm = None
@@ -104,8 +109,34 @@ class Context:
     def recv_weights(self):
         return GetRecvWeights(self.topology, self.rank)
 
+    def failed_ranks(self) -> List[int]:
+        return self.engine.failed_ranks()
+
+    def _after_failure(self, newly: List[int]):
+        """Fault-tolerant mode, on every survivor at the same point (engine recovery): when the
+        survivors' part of the graph is no longer strongly connected, use the default graph over
+        the survivors (logged once, by the lowest survivor)."""
+        if self.topology is None or not newly:
+            return
+        live = [r for r in range(self.size) if r not in set(self.failed_ranks())]
+        if len(live) > 1 and nx.is_strongly_connected(self.topology.subgraph(live)):
+            return
+        from bluefog.topology import ExponentialGraph
+        inner = ExponentialGraph(len(live))
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(self.size))
+        graph.add_edges_from((live[u], live[v]) for u, v in inner.edges())
+        self.topology = graph
+        self.is_weighted = False
+        if self.rank == live[0]:
+            logger.warning("bluefog: the surviving ranks %s are no longer strongly connected in the "
+                           "topology; using the default (exponential) graph over them.", live)
+
     def close(self):
         """Free the windows (collective, as every rank shuts down), stop the engine, free comms."""
+        if self.failed_ranks():          # collective frees would wait for the dead
+            self.engine.close()
+            return
         for name in sorted(self.windows):
             try:
                 self.windows.pop(name).window.free()
@@ -151,7 +182,7 @@ def create() -> Context:
             _context = Context()
             _install_failure_hook(_context)
             if not _atexit_registered:
-                atexit.register(destroy)
+                atexit.register(_exit_after_failures)
                 _atexit_registered = True
         else:
             _context.engine.drain()
@@ -168,6 +199,33 @@ def destroy():
             ctx.close()
 
 
+def _exit_after_failures():
+    """At interpreter exit in fault-tolerant mode after a rank died: end the process without
+    ``MPI_Finalize`` (which waits for the dead under ULFM's failure detector), exit status 0."""
+    ctx = _context
+    destroy()
+    if ctx is not None and ctx.failed_ranks():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        logging.shutdown()
+        os._exit(0)
+
+
+def _check_ulfm(MPI, size: int):
+    """Fault-tolerant mode needs ULFM, switched on by the launcher (Open MPI: --with-ft ulfm)."""
+    if not hasattr(MPI.Comm, "Revoke") or not hasattr(MPI.Comm, "Iagree"):
+        raise RuntimeError(f"{config.FAULT_TOLERANT}=1 needs an MPI with ULFM fault tolerance "
+                           "(mpi4py >= 4 with MPI_Comm_revoke/shrink/agree); this one has none.")
+    if (size > 1 and "Open MPI" in MPI.Get_library_version()
+            and os.environ.get("OMPI_MCA_mpi_ft_enable") != "1"):
+        raise RuntimeError(f"{config.FAULT_TOLERANT}=1 but the job was not started with ULFM on: "
+                           "use `bfrun --fault-tolerant`, or `mpirun --with-ft ulfm` with the "
+                           "failure-detector settings (see docs/fault-tolerance.md).")
+
+
 def _install_failure_hook(ctx: Context):
     """An uncaught exception on one rank ends the whole job at once, naming that rank."""
     if ctx.size == 1 or getattr(sys.excepthook, "_bluefog", False):
@@ -178,6 +236,11 @@ def _install_failure_hook(ctx: Context):
         previous(kind, value, tb)
         from bluefog.run.failure import record_failure
         record_failure(ctx.rank, value)
+        if ctx.engine.ft is not None:     # the others go on without this rank
+            sys.stderr.write(f"bluefog: rank {ctx.rank} failed with {kind.__name__}: {value}; "
+                             "the other ranks go on (fault-tolerant mode).\n")
+            sys.stderr.flush()
+            os._exit(1)
         sys.stderr.write(f"bluefog: rank {ctx.rank} failed with {kind.__name__}: {value}; "
                          "aborting the job.\n")
         sys.stderr.flush()

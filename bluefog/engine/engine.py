@@ -32,7 +32,7 @@ import time
 from typing import Callable, List, Optional
 
 
-from bluefog.engine import negotiation
+from bluefog.engine import fault, negotiation
 from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
 from bluefog.engine.mpi import mpi
@@ -108,6 +108,18 @@ class _Running:
         self.waiting: list = []
 
 
+class _Epoch:
+    """Fault-tolerant mode: the ops a round launched, their outcomes until the kernel phase agreed,
+    and copies of what in-place ops overwrite (restored if the epoch is done again)."""
+
+    __slots__ = ("requests", "outcomes", "saved")
+
+    def __init__(self):
+        self.requests: List[Request] = []
+        self.outcomes: list = []        # (request, output, error)
+        self.saved: list = []           # (tensor, its copy at launch)
+
+
 class Engine:
     """Owns the communicators of the world and drives every op.
 
@@ -118,16 +130,29 @@ class Engine:
         output = engine.wait(handle)
     """
 
-    def __init__(self, world, cycle_time_ms: float = 0.5, fusion_threshold: int = 8 << 20):
+    def __init__(self, world, cycle_time_ms: float = 0.5, fusion_threshold: int = 8 << 20,
+                 fault_tolerant: bool = False):
         MPI = mpi()
         self.lone_plans: dict = {}   # prepared lone rounds by the op's own key (see lone.py)
-        self.data_comm = world.Dup()
-        self.ctrl_comm = world.Dup()
         self.size = world.Get_size()
         self.rank = world.Get_rank()
+        # fault-tolerant mode (fault.py): survivors' communicators, epochs that end in agreements
+        self.ft: Optional[fault.FaultState] = None
+        self._epoch: Optional[_Epoch] = None
+        self._commit: Optional[_Running] = None
+        self.failure_hooks: List[Callable[[List[int]], None]] = []
+        if fault_tolerant:
+            world.Set_errhandler(MPI.ERRORS_RETURN)
+            self.ft = fault.FaultState(world)
+            self.data_comm = fault.LiveComm(world.Dup(), self.ft)
+            self.ctrl_comm = fault.LiveComm(world.Dup(), self.ft)
+            self.layout = negotiation.Layout(self.size, self.rank, list(range(self.size)))
+        else:
+            self.data_comm = world.Dup()
+            self.ctrl_comm = world.Dup()
+            self.layout = negotiation.Layout(self.size, self.rank)
         tag_ub = self.data_comm.Get_attr(MPI.TAG_UB) or 32767
         self._tag_span = max(1024, min(int(tag_ub), 1 << 30) - 64)
-        self.layout = negotiation.Layout(self.size, self.rank)
         self._cycle = cycle_time_ms / 1000.0
         self._fusion_threshold = fusion_threshold
         # for tests and benchmarks; "lone": ops done by a lone round (run_lone), "handed_over": lone
@@ -218,7 +243,7 @@ class Engine:
 
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
-        return (not self.skip_negotiation and _timeline.TIMELINE is None
+        return (self.ft is None and not self.skip_negotiation and _timeline.TIMELINE is None
                 and self.size <= negotiation.P2P_ROUND_LIMIT and self.layout.inbox.shape[0] > 0)
 
     def keep_lone_plan(self, key, plan):
@@ -288,7 +313,8 @@ class Engine:
         return handle.result()
 
     def idle(self) -> bool:
-        return not (self._submitted or self._pending or self._running or self._round)
+        return not (self._submitted or self._pending or self._running or self._round
+                    or self._epoch)
 
     def drain(self):
         """Wait until every submitted op has finished (used before changing global state)."""
@@ -309,6 +335,11 @@ class Engine:
                     moved = self.progress()
                     if not finished():
                         moved = self._wait_in_mpi() or moved
+                except Exception as error:
+                    if self.ft is None or not fault.is_failure(error):
+                        raise
+                    self._recover()
+                    moved = True
                 finally:
                     self._drive.release()
             if moved:
@@ -324,6 +355,11 @@ class Engine:
             return False
         try:
             return self.progress()
+        except Exception as error:
+            if self.ft is None or not fault.is_failure(error):
+                raise
+            self._recover()
+            return True
         finally:
             self._drive.release()
 
@@ -337,6 +373,8 @@ class Engine:
         if self._submitted or (self._pending and self._round is None):
             return False
         entries = self._running + ([self._round] if self._round is not None else [])
+        if self._commit is not None:
+            entries.append(self._commit)
         entries = [entry for entry in entries if entry.waiting]
         if any(type(entry.waiting) is DeviceWait for entry in entries):
             return False               # GPU work is polled, not waited for inside MPI
@@ -356,14 +394,71 @@ class Engine:
             self._pending.append(self._submitted.popleft())
             moved = True
         if self.skip_negotiation:
-            if self._pending and not self._running and self._round is None:
+            if (self._pending and not self._running and self._round is None
+                    and self._epoch is None):
+                if self.ft is not None:
+                    self._open_epoch()
                 self._launch([self._pending.pop(0)], None, negotiated=False)
                 moved = True
         else:
             moved |= self._advance_round()
         for entry in list(self._running):
             moved |= self._step(entry)
+        if self._epoch is not None:
+            moved |= self._advance_commit()
         return moved
+
+    # ----------------------------------------------------------------- fault-tolerant mode
+    def _open_epoch(self):
+        self._epoch = _Epoch()
+        self.ft.begin_phase()
+
+    def _agreed_round(self, kernel):
+        """A round, then the agreement that every survivor completed it (fault-tolerant mode)."""
+        decision = yield from kernel
+        yield from self.ft.agree()
+        return decision
+
+    def _advance_commit(self) -> bool:
+        """Once the epoch's kernels are done here, agree; then hand every outcome to its handle."""
+        if self._running or self._round is not None:
+            return False
+        if self._commit is None:
+            self._commit = _Running([], self.ft.agree())
+        entry = self._commit
+        if not _complete(entry.waiting):
+            return False
+        try:
+            entry.waiting = entry.kernel.send(None)
+            return True
+        except StopIteration:
+            pass
+        epoch, self._epoch, self._commit = self._epoch, None, None
+        for req, output, error in epoch.outcomes:
+            self._finish(req, output=output, error=error)
+        return True
+
+    def _recover(self):
+        """A peer died (fault.py): agree on the survivors, rebuild, and put the epoch's ops back."""
+        epoch = self._epoch
+        self._round = self._commit = self._epoch = None
+        self._round_started = None
+        self._running.clear()
+        newly = self.ft.recover()
+        self.layout = self.layout.survivors(self.ft.members)
+        if epoch is not None:
+            for tensor, copy in epoch.saved:
+                tensor.copy_(copy)
+            self._pending[0:0] = [req for req in epoch.requests if req in epoch.requests]
+        self._next_round = 0.0
+        if newly:
+            logger.warning("bluefog: rank %d: rank(s) %s died; %d rank(s) go on (failed: %s).",
+                           self.rank, newly, len(self.ft.members), self.ft.failed)
+        for hook in self.failure_hooks:
+            hook(newly)
+
+    def failed_ranks(self) -> List[int]:
+        return [] if self.ft is None else list(self.ft.failed)
 
     def _advance_round(self) -> bool:
         if self._round is None:
@@ -373,8 +468,15 @@ class Engine:
             blocked = self._waiters > 0
             if not blocked and now - self._last_submit < self._cycle:
                 return False   # submissions are still arriving: gather them into one round
-            self._start_round(negotiation.negotiate(self.ctrl_comm, self.layout,
-                                                    list(self._pending), blocked))
+            if self.ft is not None:
+                if self._epoch is not None:
+                    return False     # one epoch at a time
+                self._open_epoch()
+                self._start_round(self._agreed_round(negotiation.negotiate(
+                    self.ctrl_comm, self.layout, list(self._pending), blocked)))
+            else:
+                self._start_round(negotiation.negotiate(self.ctrl_comm, self.layout,
+                                                        list(self._pending), blocked))
         entry = self._round
         if entry.waiting and not mpi().Request.Testall(entry.waiting):
             return False
@@ -387,6 +489,8 @@ class Engine:
             self._apply(stop.value)
             return True
         except Exception as error:   # a failing round fails what it negotiates, not the engine
+            if self.ft is not None and fault.is_failure(error):
+                raise
             self._round = None
             self._round_started = None
             for req in list(self._pending):
@@ -400,6 +504,11 @@ class Engine:
         self._waiting_for = [req.name for req in self._pending[:5]]
 
     def _apply(self, decision: negotiation.Decision):
+        if self._epoch is not None:
+            if decision.ready:
+                self.ft.begin_phase()         # the kernel phase, which ends in an agreement
+            else:
+                self._epoch = None
         for req, error in decision.errors:
             self._pending.remove(req)
             self._finish(req, error=error)
@@ -442,6 +551,12 @@ class Engine:
         else:
             launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
         self._seq += 1
+        epoch = self._epoch
+        if epoch is not None:
+            epoch.requests += group
+            for member in group:
+                if member.inplace is not None:
+                    epoch.saved.append((member.inplace, member.inplace.clone()))
         try:
             kernel = req.start(launch) if len(group) == 1 else req.fuse(group, launch)
         except Exception as error:  # bad input caught late: report through the handle
@@ -473,12 +588,18 @@ class Engine:
             for req, output in zip(entry.requests, outputs):
                 self._finish(req, output=output)
         except Exception as error:
+            if self.ft is not None and fault.is_failure(error):
+                raise
             self._running.remove(entry)
             for req in entry.requests:
                 self._finish(req, error=error)
         return True
 
     def _finish(self, req: Request, output=None, error: Optional[BaseException] = None):
+        epoch = self._epoch
+        if epoch is not None and req in epoch.requests:   # fault-tolerant: after the agreement
+            epoch.outcomes.append((req, output, error))
+            return
         with self._state:
             self._names.discard(req.name)
         tl = _timeline.TIMELINE

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from bluefog.engine import memory
+from bluefog.engine.fault import live_dim0s
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
@@ -71,6 +72,8 @@ def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], diviso
     if carried is not None:
         return summed_rows(carried.stacked, tensor, output, divisor)
     MPI = mpi()
+    if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
+        divisor = comm.Get_size()
     if output is None:
         output = memory.empty_like(tensor)
     work_dtype = compute_dtype(tensor.dtype)
@@ -139,7 +142,7 @@ def neighbor_dim0s(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int], r
     """The first dims of what ``recvs`` send: from ``dim0s``, or exchanged now when it is None."""
     if dim0s is not None:
         return [dim0s[r] for r in recvs]
-    sizes = np.empty(len(recvs), dtype=np.int64)
+    sizes = np.zeros(len(recvs), dtype=np.int64)     # (stays 0 for a dead rank)
     mine = np.array([tensor.shape[0]], dtype=np.int64)
     yield ([comm.Irecv(sizes[k:k + 1], source=r, tag=tag) for k, r in enumerate(recvs)]
            + [comm.Isend(mine, dest=d, tag=tag) for d in sends])
@@ -148,7 +151,7 @@ def neighbor_dim0s(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int], r
 
 def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
     """Concatenate every rank's tensor along dim 0; first dims may differ."""
-    dim0s = yield from gathered_dim0s(comm, tensor, dim0s)
+    dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, dim0s)))
     row = _row_elements(tensor)
     counts = np.array(dim0s, dtype=np.int64) * row
     displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -184,6 +187,9 @@ def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence
     slots = scratch.take((len(recvs),) + tuple(tensor.shape), dtype)
     received = carried.received if carried is not None else {}
     delivered = carried.delivered if carried is not None else ()
+    alive = getattr(comm, "alive", None)          # fault-tolerant mode (fault.LiveComm)
+    if alive is not None:
+        sends = [(d, w) for d, w in sends if alive(d)]
     sends = [(d, w) for d, w in sends if d not in delivered]
     outgoing = [scaled(tensor, w).to(dtype) for _, w in sends]
     requests = []
@@ -191,6 +197,8 @@ def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence
     for k, r in enumerate(recvs):
         if r in received:
             rows[k].view(np.uint8)[:] = received[r]
+        elif alive is not None and not alive(r):   # a dead source: its weight goes to self
+            slots[k].copy_(tensor.to(dtype))
         else:
             requests.append(comm.Irecv(rows[k], source=r, tag=tag))
     requests += [comm.Isend(wire(t), dest=d, tag=tag) for (d, _), t in zip(sends, outgoing)]
@@ -285,6 +293,8 @@ def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Ten
     """:func:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
     new results are views of one fused allocation."""
     MPI = mpi()
+    if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
+        divisor = comm.Get_size()
     work = pack([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
     yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
     if divisor > 1:

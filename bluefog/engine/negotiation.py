@@ -82,10 +82,18 @@ def _bitmap_ranks(words: Sequence[int], size: int) -> List[int]:
     return [r for r in range(size) if (int(words[r // 64]) >> (r % 64)) & 1]
 
 
-def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[int]]) -> Optional[str]:
-    """Check "i sends to j" <=> "j receives from i" for every pair; describe the first violation."""
-    send_edges = {(i, j) for i, dsts in enumerate(sends) for j in dsts}
-    recv_edges = {(i, j) for j, srcs in enumerate(recvs) for i in srcs}
+def topology_mismatch(sends: Sequence[Sequence[int]], recvs: Sequence[Sequence[int]],
+                      ranks: Optional[Sequence[int]] = None) -> Optional[str]:
+    """Check "i sends to j" <=> "j receives from i" for every pair; describe the first violation.
+    ``ranks``: the rank of each entry (fault-tolerant mode: the survivors; edges to others are
+    ignored, as the dead are dropped from every op)."""
+    if ranks is None:
+        send_edges = {(i, j) for i, dsts in enumerate(sends) for j in dsts}
+        recv_edges = {(i, j) for j, srcs in enumerate(recvs) for i in srcs}
+    else:
+        live = set(ranks)
+        send_edges = {(i, j) for i, dsts in zip(ranks, sends) for j in dsts if j in live}
+        recv_edges = {(i, j) for j, srcs in zip(ranks, recvs) for i in srcs if i in live}
     diff = sorted(send_edges ^ recv_edges)
     if not diff:
         return None
@@ -105,18 +113,22 @@ class Layout:
     length in ``Iallgather`` rounds.
     """
 
-    def __init__(self, size: int, me: int):
+    def __init__(self, size: int, me: int, members: Optional[List[int]] = None):
         self.size = size
         self.me = me
+        # fault-tolerant mode: the survivors (world ranks); rounds are then an Iallgather over them
+        # with one table row per survivor, and nothing is carried
+        self.members = members
         self.words = (size + 63) // 64
         self.topo = 2
         self.carry = self.topo + 1 + 2 * self.words
         self.heads = self.carry + self.words
         self.length = self.heads + 3 * MAX_HEADS
-        self.table = np.zeros((size, self.length), dtype=np.uint64)
+        self.table = np.zeros((size if members is None else len(members), self.length),
+                              dtype=np.uint64)
         # point-to-point rounds receive each record, and the data it may carry, into an inbox row;
         # this rank's own row is its outbox: its record, then the data it carries
-        rows = size if size <= P2P_ROUND_LIMIT else 0
+        rows = size if size <= P2P_ROUND_LIMIT and members is None else 0
         self.inbox = np.zeros((rows, 8 * self.length + CARRY_MAX), dtype=np.uint8)
         # every rank's other ranks (whom it carries an allreduce's data to), this rank's own
         self.all_but = [[q for q in range(size) if q != r] for r in range(size)]
@@ -261,7 +273,25 @@ class Layout:
         """:func:`topology_mismatch` over every rank's :meth:`topology_words`."""
         w = self.words
         return topology_mismatch([_bitmap_ranks(row[:w], self.size) for row in rows],
-                                 [_bitmap_ranks(row[w:2 * w], self.size) for row in rows])
+                                 [_bitmap_ranks(row[w:2 * w], self.size) for row in rows],
+                                 self.members)
+
+    def survivors(self, members: List[int]) -> "Layout":
+        """A fresh layout of this world for the surviving ``members`` (fault-tolerant mode)."""
+        return Layout(self.size, self.me, list(members))
+
+    def world_dim0s(self, decision: "Decision") -> "Decision":
+        """Fault-tolerant mode: each ready op's first dims indexed by world rank (0 for the dead)."""
+        if self.members is None or len(self.members) == self.size:
+            return decision
+        ready = []
+        for req, dim0s, fuses in decision.ready:
+            full = [0] * self.size
+            for r, d in zip(self.members, dim0s):
+                full[r] = d
+            ready.append((req, tuple(full), fuses))
+        decision.ready = ready
+        return decision
 
     def decide_fast(self, table: List[List[int]], pending: Sequence[Request]) -> Optional[Decision]:
         """The common prefix of every rank's heads, or None when there is none."""
@@ -299,7 +329,7 @@ def summary(req: Request) -> tuple:
 
 
 def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
-                pending: Sequence[Request]) -> Decision:
+                pending: Sequence[Request], ranks: Optional[Sequence[int]] = None) -> Decision:
     """Match by name across every rank's full list of pending summaries."""
     by_name: List[Dict[str, tuple]] = [{s[0]: s for s in lst} for lst in lists]
     mine = {req.name: req for req in pending}
@@ -318,13 +348,14 @@ def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
                 "Every rank must call the same op with the same dtype and shape under one name.")))
             continue
         if rows[0][3] is not None:
-            problem = topology_mismatch([row[3] for row in rows], [row[4] for row in rows])
+            problem = topology_mismatch([row[3] for row in rows], [row[4] for row in rows], ranks)
             if problem:
                 decision.errors.append((req, ValueError(problem)))
                 continue
         decision.ready.append((req, tuple(row[2] for row in rows), False))
     if decision.empty() and all(blocked):
-        waits = "; ".join(f"rank {r}: {[s[0] for s in lst[:4]]}" for r, lst in enumerate(lists))
+        waits = "; ".join(f"rank {r}: {[s[0] for s in lst[:4]]}"
+                          for r, lst in zip(ranks or range(len(lists)), lists))
         decision.stuck = ("Mismatched collective calls across ranks: every rank is waiting and no op "
                           f"was submitted by all of them ({waits}). Check that every rank calls the "
                           "same ops with the same names.")
@@ -334,7 +365,7 @@ def decide_slow(lists: Sequence[Sequence[tuple]], blocked: Sequence[bool],
 def check_topology(comm, layout: Layout, req: Request):
     """Skip-negotiate mode: the topology check of ``req`` as its own collective (a kernel step)."""
     mine = np.array(layout.topology_words(req), dtype=np.uint64)
-    table = np.empty((layout.size, mine.size), dtype=np.uint64)
+    table = np.empty((layout.table.shape[0], mine.size), dtype=np.uint64)
     yield [comm.Iallgather(mine, table)]
     problem = layout.topology_problem(table.tolist())
     if problem:
@@ -354,13 +385,13 @@ def _joined(cache: dict, record: np.ndarray, data: Optional[np.ndarray]) -> np.n
 
 def negotiate(comm, layout: Layout, pending: List[Request], blocked: bool):
     """One round, as a kernel: yields MPI requests, returns a :class:`Decision`."""
-    if layout.size == 1:
+    if layout.table.shape[0] == 1:
         previous, ready = None, []
         for req in pending:
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
-        return Decision(ready=ready)
-    if layout.size > P2P_ROUND_LIMIT:
+        return layout.world_dim0s(Decision(ready=ready))
+    if layout.size > P2P_ROUND_LIMIT or layout.members is not None:
         layout.record(pending, blocked)
         yield [comm.Iallgather(layout.mine, layout.table)]
         rows = layout.table[:, :layout.heads + 3 * int(layout.table[:, 1].min())].tolist()
@@ -384,15 +415,19 @@ def settle(comm, layout: Layout, rows: List[List[int]], pending: List[Request],
     table = [row[:used] for row in rows]
     decision = layout.decide_fast(table, pending)
     if decision is not None:
+        if layout.members is not None:
+            return layout.world_dim0s(decision)
         if decision.ready and layout.size <= P2P_ROUND_LIMIT:
             decision.carried = layout.carried_data(rows, decision.ready[0][0], delivered)
         return decision
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)
-    length, lengths = np.array([payload.size], dtype=np.int64), np.empty(layout.size, dtype=np.int64)
+    length = np.array([payload.size], dtype=np.int64)
+    lengths = np.empty(len(rows), dtype=np.int64)
     yield [comm.Iallgather(length, lengths)]   # (kept referenced until complete)
     displs = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     gathered = np.empty(int(lengths.sum()), dtype=np.uint8)
     yield [comm.Iallgatherv(payload, [gathered, lengths, displs, MPI.BYTE])]
     lists = [pickle.loads(gathered[d:d + n].tobytes()) for d, n in zip(displs, lengths)]
-    return decide_slow(lists, [bool(row[0]) for row in table], pending)
+    return layout.world_dim0s(decide_slow(lists, [bool(row[0]) for row in table], pending,
+                                          layout.members))

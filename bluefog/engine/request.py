@@ -49,6 +49,8 @@ class Request:
     # rank carried to every other rank; a neighbor op takes whatever came.
     carry: Optional[Callable[[], Dict[int, Any]]] = None
     carry_to_all: bool = False
+    # Fault-tolerant mode: the tensor the kernel overwrites in place, restored if the op runs again
+    inplace: Any = None
 
     def digest(self) -> int:
         """A 63-bit hash of name + signature, identical on every rank for matching calls

@@ -22,7 +22,9 @@ def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) ->
                 "If average is set in allreduce, only float or double tensor is allowed.")
     job = Submission("allreduce", name, tensor if inplace else None)
     comm = job.ctx.local_comm if is_hierarchical_local else job.ctx.engine.data_comm
-    divisor = comm.Get_size() if average else 1
+    fault_tolerant = job.ctx.engine.ft is not None and not is_hierarchical_local
+    # 0: divide by the ranks alive when the op runs (fault-tolerant mode)
+    divisor = (0 if fault_tolerant else comm.Get_size()) if average else 1
     sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
     source = tensor
     tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, inplace)
@@ -38,6 +40,7 @@ def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) ->
                        activity="ALLREDUCE", carry=carry, carry_to_all=True,
                        fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
                        fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
+                       inplace=output if fault_tolerant and output is not None else None,
                        fuse=lambda group, launch: kernels.fused_allreduce(
                            comm, [r.fusion_part for r in group], divisor))
 
@@ -137,7 +140,7 @@ def allgather(tensor, name=None):
 def barrier():
     """Return once every rank has called ``barrier``; earlier blocking ops have all finished."""
     ctx = live_context()
-    if ctx.engine.skip_negotiation:
+    if ctx.engine.skip_negotiation and ctx.engine.ft is None:
         ctx.engine.drain()
         wait_request(ctx.caller_comm.Ibarrier())
         return

@@ -139,6 +139,8 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
         return job.request(sig, lambda launch: cuda.neighbor_allreduce(
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     defer = into_at_sync and job.route is None
+    if self_weight is None and job.ctx.engine.ft is not None:
+        return _replanned_request(job, sig, tensor, defer, topology)
     if defer:
         job.handle.convert = lambda slots: _combine_received(combine, tensor, slots)
     fusion = {} if checked or defer else dict(
@@ -151,6 +153,30 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
                                                        launch.carried, defer),
         nbytes=tensor.numel() * tensor.element_size(), carry=lambda: kernels.carry(tensor, sends),
         **topology, **fusion)
+
+
+def _replanned_request(job, sig, tensor, defer, topology) -> Request:
+    """Fault-tolerant mode, static topology: the plan is read when the op starts, so an op that runs
+    again after a failure uses the graph every survivor switched to (context._after_failure)."""
+    ctx, comm = job.ctx, job.ctx.engine.data_comm
+    used = []
+
+    def start(launch):
+        sends, recvs, combine, _ = _static_plan(ctx)
+        used[:] = [combine]
+        return kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine, None, defer)
+
+    def fuse(group, launch):
+        sends, recvs, combine, _ = _static_plan(ctx)
+        return kernels.fused_neighbor_allreduce(comm, launch.tag, [(r.fusion_part, combine)
+                                                                   for r in group], sends, recvs)
+
+    if defer:
+        job.handle.convert = lambda slots: _combine_received(used[0], tensor, slots)
+    fusion = {} if defer else dict(fusion_key=("neighbor_allreduce", tensor.dtype, "static"),
+                                    fusion_part=tensor, fuse=fuse)
+    return job.request(sig, start, nbytes=tensor.numel() * tensor.element_size(), **topology,
+                       **fusion)
 
 
 def _combine_received(combine, tensor, slots):
@@ -206,6 +232,8 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, en
         raise ValueError("Argument dst_ranks and src_ranks have to be presented at the same time")
     if src_ranks is None:
         recvs, sends, checked = ctx.in_neighbors(), ctx.out_neighbors(), False
+        if ctx.engine.ft is not None:      # read when it starts (see _replanned_request)
+            recvs, sends = _LaunchNeighbors(ctx, True), _LaunchNeighbors(ctx, False)
     else:
         recvs = rank_list(src_ranks, "src_ranks", ctx.size, ctx.rank)
         sends = sorted(rank_list(dst_ranks, "dst_ranks", ctx.size, ctx.rank))
@@ -223,6 +251,20 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, en
                                                           launch.dim0s)
     return job.send(sig, start, dim0=tensor.shape[0], sends=frozenset(sends) if checked else None,
                     recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLGATHER")
+
+
+class _LaunchNeighbors:
+    """The topology's in- or out-neighbors as of when it is iterated (fault-tolerant mode)."""
+
+    def __init__(self, ctx, incoming: bool):
+        self.ctx, self.incoming = ctx, incoming
+
+    def __iter__(self):
+        ctx = self.ctx
+        return iter(ctx.in_neighbors() if self.incoming else ctx.out_neighbors())
+
+    def __len__(self):
+        return len(list(iter(self)))
 
 
 def neighbor_allgather(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True, name=None):

@@ -1,5 +1,6 @@
 """``import bluefog.torch as bf``: the Bluefog 0.3.0 torch API."""
 
+from bluefog.basics import failed_ranks
 from bluefog.basics import (get_skip_negotiate_stage, in_neighbor_machine_ranks, in_neighbor_ranks,
                             init, is_homogeneous, is_machine_topo_weighted, is_topo_weighted,
                             load_machine_topology, load_topology, local_rank, local_size,
@@ -47,7 +48,7 @@ from bluefog.optim import (CommunicationType, DistributedAdaptThenCombineOptimiz
                            allreduce_parameters, broadcast_optimizer_state, broadcast_parameters)
 
 __all__ = [
-    "init", "shutdown", "size", "local_size", "rank", "local_rank", "machine_size", "machine_rank",
+    "init", "shutdown", "size", "local_size", "rank", "failed_ranks", "local_rank", "machine_size", "machine_rank",
     "load_topology", "set_topology", "load_machine_topology", "set_machine_topology",
     "in_neighbor_ranks", "out_neighbor_ranks", "in_neighbor_machine_ranks",
     "out_neighbor_machine_ranks", "mpi_threads_supported", "unified_mpi_window_model_supported",
