@@ -63,14 +63,17 @@ def start(k):
     return torch.full((1, D), 0.1 * k, dtype=torch.float64)
 
 
-def train(make, steps, lr, momentum=0.0, x0=None):
-    """Run the wrapper ``make(sgd, model)`` for ``steps`` full-gradient steps; (x, optimizer)."""
+def train(make, steps, lr, momentum=0.0, x0=None, before_step=None):
+    """Run the wrapper ``make(sgd, model)`` for ``steps`` full-gradient steps; (x, optimizer).
+    ``before_step(opt, k)`` runs before step k's forward pass (to set dynamic weights)."""
     model = torch.nn.Linear(D, 1, bias=False).double()
     with torch.no_grad():
         model.weight.copy_(start(bf.rank()) if x0 is None else x0)
     opt = make(torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum), model)
     A, b = data(bf.rank())
-    for _ in range(steps):
+    for k in range(steps):
+        if before_step is not None:
+            before_step(opt, k)
         loss = 0.5 * ((model(A) - b) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -90,15 +93,21 @@ def all_starts(n):
 
 # -- references: the recursions over all ranks at once -------------------------------------------
 
+def per_step(W):
+    """Mixing matrix of step k: ``W(k)`` if ``W`` is callable, else the fixed ``W``."""
+    return W if callable(W) else (lambda k: W)
+
+
 def ref_gradient_tracking(W, steps, lr):
-    X = all_starts(W.shape[0])
-    G = all_grads(X)
-    Y = G.clone()
-    for _ in range(steps):
-        X = W @ X - lr * Y
-        G_new = all_grads(X)
-        Y = W @ Y + G_new - G
-        G = G_new
+    """W_k mixes x_k and y_{k-1} (both are sent in step k's forward pass)."""
+    W = per_step(W)
+    X = all_starts(W(0).shape[0])
+    Y = G_old = None
+    for k in range(steps):
+        G = all_grads(X)
+        Y = G.clone() if Y is None else W(k) @ Y + G - G_old
+        X = W(k) @ X - lr * Y
+        G_old = G
     return X
 
 
@@ -114,25 +123,27 @@ def ref_exact_diffusion(W, steps, lr):
 
 
 def ref_push_diging(C, steps, lr):
-    n = C.shape[0]
+    C = per_step(C)
+    n = C(0).shape[0]
     U = all_starts(n)
     v = torch.ones(n, 1, dtype=torch.float64)
     G = all_grads(U)
     Y = G.clone()
-    for _ in range(steps):
-        U = C @ (U - lr * Y)
-        v = C @ v
+    for k in range(steps):
+        U = C(k) @ (U - lr * Y)
+        v = C(k) @ v
         G_new = all_grads(U / v)
-        Y = C @ Y + G_new - G
+        Y = C(k) @ Y + G_new - G
         G = G_new
     return U / v
 
 
 def ref_quasi_global_momentum(W, steps, lr, beta):
-    X = all_starts(W.shape[0])
+    W = per_step(W)
+    X = all_starts(W(0).shape[0])
     m_hat = torch.zeros_like(X)
-    for _ in range(steps):
-        X_new = W @ (X - lr * (all_grads(X) + beta * m_hat))
+    for k in range(steps):
+        X_new = W(k) @ (X - lr * (all_grads(X) + beta * m_hat))
         m_hat = beta * m_hat + (1 - beta) * (X - X_new) / lr
         X = X_new
     return X
@@ -229,6 +240,43 @@ def case_periodic_global_average_every_step_agrees_everywhere():
         o, m, global_average_period=1), 3, 0.05)
     everyone = bf.allgather(x, name="pga.everyone")
     assert torch.allclose(everyone, everyone[:1].expand_as(everyone), atol=1e-14, rtol=0)
+
+
+def one_peer_shift(k):
+    return 1 if k % 2 == 0 else 2
+
+
+def one_peer_matrix(k):
+    """Step k's one-peer pattern at 4 ranks: keep half, send half to rank + shift."""
+    W = 0.5 * torch.eye(4, dtype=torch.float64)
+    for i in range(4):
+        W[i, (i - one_peer_shift(k)) % 4] = 0.5
+    return W
+
+
+@sizes(4)
+def case_dynamic_one_peer_patterns_match_reference():
+    r, lr = bf.rank(), 0.05
+
+    def pull(opt, k):            # gradient tracking, quasi-global momentum
+        shift = one_peer_shift(k)
+        opt.dst_weights = [(r + shift) % 4]
+        opt.src_weights = {(r - shift) % 4: 0.5}
+        opt.self_weight = 0.5
+
+    def push(opt, k):            # push-DIGing: the sender scales, receivers add
+        shift = one_peer_shift(k)
+        opt.dst_weights = {(r + shift) % 4: 0.5}
+        opt.src_weights = [(r - shift) % 4]
+        opt.self_weight = None
+
+    x, _ = train(bf.DistributedGradientTrackingOptimizer, 4, lr, before_step=pull)
+    close_to(x, ref_gradient_tracking(one_peer_matrix, 4, lr)[r])
+    x, _ = train(bf.DistributedPushDIGingOptimizer, 4, lr, before_step=push)
+    close_to(x, ref_push_diging(one_peer_matrix, 4, lr)[r])
+    x, _ = train(bf.DistributedQuasiGlobalMomentumOptimizer, 4, lr, momentum=0.8,
+                 before_step=pull)
+    close_to(x, ref_quasi_global_momentum(one_peer_matrix, 4, lr, 0.8)[r])
 
 
 def case_state_dict_resumes_the_same_trajectory():
