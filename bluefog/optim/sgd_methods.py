@@ -111,10 +111,11 @@ class TopologyCheck:
         self.method, self.symmetric, self._checked = method, symmetric, None
 
     def __call__(self):
-        key = (id(load_topology()), is_topo_weighted())
-        if key != self._checked:
+        topology, weighted = load_topology(), is_topo_weighted()
+        checked = self._checked          # (graph, weighted): the graph itself, an id may be reused
+        if checked is None or checked[0] is not topology or checked[1] != weighted:
             check_static_weights(self.method, self.symmetric)
-            self._checked = key
+            self._checked = (topology, weighted)
 
 
 class MixingKnobs:
