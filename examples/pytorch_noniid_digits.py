@@ -1,9 +1,10 @@
-"""Decentralized training on non-IID data: each rank sees about two of the ten digit classes.
+"""Decentralized training on non-IID data: at 8 ranks each rank sees about two of the ten digits.
 
-The scikit-learn 8x8 digits (1797 images, shipped with scikit-learn; nothing is downloaded) are split
-80/20 into train and test; the training set is sorted by label and cut into one contiguous block per
-rank, so every rank holds only one to three classes.  Every rank trains the same small MLP from the
-same start on a ring, and the script compares, at the same learning rate and momentum:
+The scikit-learn 8x8 digits (1797 images, shipped with scikit-learn; nothing is downloaded) are
+split 80/20 into train and test; the training set is sorted by label and cut into one contiguous
+block per rank, so at 8 ranks every rank holds two or three classes.  Every rank trains the same
+small MLP from the same start on a ring, and the script compares, at the same learning rate and
+momentum:
 
 * ``awc-momentum``: decentralized momentum SGD (adapt-with-combine around SGD with momentum);
 * ``atc-momentum``: the same with adapt-then-combine (QG-DSGDm's communication pattern);
@@ -42,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--period", type=int, default=10, help="Gossip-PGA's global averaging period")
+    parser.add_argument("--period", type=int, default=10,
+                        help="Gossip-PGA's global averaging period")
     parser.add_argument("--hidden", type=int, default=32)
     return parser.parse_args(argv)
 

@@ -17,7 +17,8 @@ to the global minimizer ``x*`` (computed centrally from everyone's data, for ref
 Run::
 
     bfrun -np 4 python examples/pytorch_optimization.py
-    bfrun -np 4 python examples/pytorch_optimization.py --problem logistic --method gradient_tracking
+    bfrun -np 4 python examples/pytorch_optimization.py --problem logistic \
+        --method gradient_tracking
 
 The data is generated (``torch.randn`` with a per-rank seed); nothing is downloaded.
 """
@@ -155,8 +156,8 @@ def main(argv=None):
     optimum = problem.global_optimum()
     methods = METHODS if args.method == "all" else (args.method,)
     if bf.rank() == 0:
-        print(f"{bf.size()} ranks, {args.problem} with {args.samples} samples x {args.dim} features "
-              f"per rank, step {args.step_scale}/L; ring (push-DIGing: directed, irregular)",
+        print(f"{bf.size()} ranks, {args.problem} with {args.samples} samples x {args.dim} "
+              f"features per rank, step {args.step_scale}/L; ring (push-DIGing: directed, irregular)",
               flush=True)
     results = {method: solve(method, problem, optimum, args) for method in methods}
     ok = True
