@@ -328,6 +328,13 @@ class Window:
         self.win.Flush(target)
 
     # ------------------------------------------------------------------ teardown
+    def abandon(self):
+        """Fault-tolerant mode after a death: close this rank's use of the window without the
+        collective free (which would wait for the dead); the memory stays until exit."""
+        if self.open:
+            self.open = False
+            self.win.Unlock_all()
+
     def free(self):
         """Collective: end the epoch and free the memory.  Views of it must be gone by now."""
         if not self.open:

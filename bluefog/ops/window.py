@@ -117,6 +117,10 @@ def win_create(tensor: torch.Tensor, name: str, zero_init: bool = False) -> bool
         raise TypeError(f"win_create: argument 'name' must be a str, got {type(name).__name__}.")
     if name in ctx.windows:
         return False
+    if ctx.failed_ranks():
+        raise RuntimeError(f"win_create: cannot create window '{name}' after ranks died "
+                           f"({ctx.failed_ranks()}); in fault-tolerant mode create windows "
+                           "before training starts (see docs/fault-tolerance.md).")
     sig = signature("win_create", tensor)
     comm = ctx.engine.data_comm
     synchronize(Submission("win_create", name).send(
@@ -162,7 +166,10 @@ def win_free(name: Optional[str] = None) -> bool:
     _worker.drain()
     for key in names:
         entry = ctx.windows.pop(key)
-        entry.window.free()
+        if ctx.failed_ranks():       # freeing is collective over every rank, the dead included
+            entry.window.abandon()
+        else:
+            entry.window.free()
     return True
 
 
@@ -220,8 +227,9 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
     if not (type(tensor) is torch.Tensor and tensor.dtype is window.dtype
             and tensor.numel() == window.numel and tensor.is_contiguous()):
         _check_data(entry, tensor, op)     # a subclass that passes, or raises the error
+    dead = ctx.engine.ft is not None and ctx.failed_ranks()
     if (wait and dst_weights is None and self_weight is None and not require_mutex
-            and not ctx.associated_p and _worker.idle() and timeline.TIMELINE is None
+            and not ctx.associated_p and not dead and _worker.idle() and timeline.TIMELINE is None
             and tensor.is_cpu and window.send_plain(tensor, entry.default_targets,
                                                     op == "win_accumulate")):
         return True                        # the plainest call: the fewest steps
@@ -231,6 +239,8 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
         targets = _clockwise(_weighted_ranks(dst_weights, entry.out_ranks, "dst_weights", "out"),
                              ctx.rank, ctx.size)
         reuse = False
+    if dead:                  # fault-tolerant mode: what is aimed at the dead is dropped
+        targets, reuse = [(t, w) for t, w in targets if t not in dead], False
     host = tensor if tensor.is_cpu else tensor.detach().cpu()    # blocking copy at enqueue
     args = (entry, op, tensor, host, targets, reuse, self_weight, ctx.associated_p, require_mutex)
     if wait and timeline.TIMELINE is None and _worker.idle():
@@ -262,6 +272,10 @@ def _get(name, src_weights, require_mutex: bool, wait: bool):
     else:
         weighted = _weighted_ranks(src_weights, entry.in_ranks, "src_weights", "in")
         sources = [source for source, _ in weighted]
+    dead = live_context().failed_ranks()
+    if dead:                  # fault-tolerant mode: the dead are not read
+        sources = [source for source in sources if source not in dead]
+        weighted = weighted and [(source, w) for source, w in weighted if source not in dead]
     args = (entry, sources, weighted, require_mutex)
     if wait and timeline.TIMELINE is None and _worker.idle():
         return _fetch(*args)

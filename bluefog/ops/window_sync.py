@@ -124,6 +124,10 @@ def win_update(name: str, self_weight: Optional[float] = None,
         window.sync()
         with torch.no_grad(), tracer.span(name, "WIN_SYNC_COMPUTE_AVERAGE"):
             host = work.detach() if work.is_cpu else work.detach().cpu()
+            for j in ctx.failed_ranks():      # fault-tolerant mode: a dead in-neighbor's weight
+                if j in window.slots:         # goes to this rank (its buffer holds our value)
+                    window.slots[j].copy_(host)
+                    window.p[j] = window.p[window.rank]
             slot_weights = None if weights is None else [weights.get(j, 0.0) for j in in_ranks]
             result = _combine(host, [window.slots[j] for j in in_ranks], own, slot_weights)
             host.copy_(result)

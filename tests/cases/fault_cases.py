@@ -149,6 +149,47 @@ def scenario_optimizers(facts):
         facts[f"{label}_faulty"] = _train(make, xs, ys, xt, yt, steps, die_at)
 
 
+WINDOW_OPTIMIZERS = {
+    "win_put": bf.DistributedWinPutOptimizer,
+    "push_sum": bf.DistributedPushSumOptimizer,
+    "pull_get": bf.DistributedPullGetOptimizer,
+}
+
+
+def scenario_window_optimizer(facts):
+    """4 ranks: the window optimizer named by FAULT_OPTIMIZER trains the digits model without a
+    death, then again while rank 2 dies at step 50."""
+    r, n = bf.rank(), bf.size()
+    xs, ys, xt, yt = _digits(r, n)
+    label = os.environ["FAULT_OPTIMIZER"]
+    make = lambda opt, model: WINDOW_OPTIMIZERS[label](opt, model=model)
+    facts["clean"] = _train(make, xs, ys, xt, yt, 150)
+    facts["faulty"] = _train(make, xs, ys, xt, yt, 150, die_at=50 if r == 2 else None)
+
+
+def scenario_windows(facts):
+    """4 ranks on a ring: win_put / win_accumulate / win_get and win_update gossip while rank 1
+    dies at step 10; survivors' values reach consensus over the live ranks."""
+    r, n = bf.rank(), bf.size()
+    bf.set_topology(bf.RingGraph(n))
+    x = torch.full((33,), float(r))
+    bf.win_create(x, "w")
+    bf.win_create(torch.zeros(5), "acc", zero_init=True)
+    for step in range(60):
+        if step == 10 and r == 1:
+            die()
+        bf.win_put(x, "w")
+        bf.win_accumulate(torch.ones(5), "acc")
+        bf.barrier()
+        bf.win_update("w")
+        if step % 10 == 0:
+            bf.win_get("w")
+    facts["failed_seen"] = bf.failed_ranks()
+    facts["x_spread"] = spread(x)
+    facts["x"] = x[0].item()
+    bf.win_free()
+
+
 def main():
     scenario, out_dir = sys.argv[1], sys.argv[2]
     bf.init()
