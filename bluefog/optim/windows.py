@@ -33,12 +33,13 @@ import sys
 import torch
 
 from bluefog import context
-from bluefog.basics import out_neighbor_ranks
+from bluefog.basics import in_neighbor_ranks, out_neighbor_ranks
 from bluefog.ops.collective import barrier
 from bluefog.ops.window import (win_accumulate_nonblocking, win_create, win_free,
                                 win_get_nonblocking, win_mutex, win_put_nonblocking, win_update,
                                 win_update_then_collect, win_wait)
 from bluefog.optim.adapt_with_combine import ForwardTriggeredOptimizer
+from bluefog.optim.wrapper import set_parameter
 
 
 class WindowOptimizer(ForwardTriggeredOptimizer):
@@ -186,35 +187,50 @@ class DistributedPullGetOptimizer(WindowOptimizer):
 
 
 class _Group:
-    """The parameters of one dtype and device, pushed as one window: ``ext = [x, weight]``, and
-    ``out``, the same layout, for the shares sent when they are equal."""
+    """The parameters of one dtype and device, pushed as one window: ``ext = [x, weight]``;
+    ``out``, the same layout, holds the share sent when the shares are equal.  The parameters
+    are made views of one flat buffer ``z`` (as AWC's fused parameters are), so reading and
+    writing them all is one tensor operation."""
 
-    __slots__ = ("params", "name", "ext", "out", "spans", "handle", "due")
+    __slots__ = ("params", "name", "ext", "out", "z", "spans", "handle", "due")
 
-    def __init__(self, params, name):
+    def __init__(self, params, name, distributed):
         self.params = params
         self.name = name
+        self.spans, start = [], 0
+        for p in params:
+            self.spans.append((start, start + p.numel()))
+            start += p.numel()
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for p in params])
             self.ext = torch.cat([flat, torch.ones(1, dtype=flat.dtype, device=flat.device)])
+            self.z = flat
+            if distributed:
+                for p, (a, b) in zip(params, self.spans):
+                    set_parameter(p, flat[a:b].view_as(p))
         self.out = None
-        self.spans = []
-        start = 0
-        for p in params:
-            self.spans.append((p, start, start + p.numel()))
-            start += p.numel()
         self.handle = None
         self.due = set()
 
-    def gather(self):
-        """``ext[:-1] <- z``, the parameters now, as one flat vector."""
-        torch.cat([p.detach().reshape(-1) for p, _, _ in self.spans], out=self.ext[:-1])
+    def viewed(self) -> bool:
+        """True while every parameter is still its view of ``z`` (nobody replaced its data)."""
+        base = self.z.data_ptr()
+        size = self.z.element_size()
+        return all(p.data_ptr() == base + a * size and p.is_contiguous()
+                   for p, (a, _) in zip(self.params, self.spans))
 
-    def scatter(self, flat):
-        """Parameters <- the flat vector ``flat``."""
-        parts = flat.split([b - a for _, a, b in self.spans])
-        torch._foreach_copy_([p.data for p in self.params],
-                             [part.view_as(p) for p, part in zip(self.params, parts)])
+    def gather(self):
+        """``z`` <- the parameters now."""
+        if not self.viewed():
+            torch.cat([p.detach().reshape(-1) for p in self.params], out=self.z)
+
+    def scatter(self, weight):
+        """The parameters (and ``z``) <- ``x / weight``."""
+        torch.div(self.ext[:-1], weight, out=self.z)
+        if not self.viewed():
+            parts = self.z.split([b - a for a, b in self.spans])
+            torch._foreach_copy_([p.data for p in self.params],
+                                 [part.view_as(p) for p, part in zip(self.params, parts)])
 
 
 class DistributedPushSumOptimizer(WindowOptimizer):
@@ -248,9 +264,11 @@ class DistributedPushSumOptimizer(WindowOptimizer):
         groups = {}
         for p in self._names:
             groups.setdefault((p.dtype, p.device), []).append(p)
-        self._groups = [_Group(params, f"{self.window_prefix}push_sum.{str(dtype)[6:]}")
+        self._groups = [_Group(params, f"{self.window_prefix}push_sum.{str(dtype)[6:]}",
+                               self._distributed)
                         for (dtype, _), params in groups.items()]
         self._group_of = {p: g for g in self._groups for p in g.params}
+        self._sources = in_neighbor_ranks() if self._distributed else []
         if self._distributed:
             for group in self._groups:
                 self._create_group_window(group)
@@ -318,15 +336,15 @@ class DistributedPushSumOptimizer(WindowOptimizer):
                 if group.out is None:
                     group.out = torch.empty_like(ext)
                 share = weight * values.pop()
-                torch.mul(x, share, out=group.out[:-1])
+                torch.mul(group.z, share, out=group.out[:-1])
                 group.out[-1] = share
-                x.mul_(weight * own)
+                torch.mul(group.z, weight * own, out=x)
                 ext[-1] = weight * own
                 ones = {r: 1.0 for r in shares}
                 launch = lambda: win_accumulate_nonblocking(
                     group.out, group.name, dst_weights=ones, require_mutex=True)
             else:
-                x.mul_(weight)
+                torch.mul(group.z, weight, out=x)
                 launch = lambda: win_accumulate_nonblocking(
                     ext, group.name, self_weight=own, dst_weights=shares, require_mutex=True)
         first = group.params[0]
@@ -347,7 +365,7 @@ class DistributedPushSumOptimizer(WindowOptimizer):
             barrier()
         with torch.no_grad():
             for group in launched:
-                self._collect(group)
+                self._collect(group, wait=self.force_barrier)
                 for p in group.due:
                     self._delay[p] = self._steps
                 group.due.clear()
@@ -355,9 +373,30 @@ class DistributedPushSumOptimizer(WindowOptimizer):
                 self._end_span(group.params[0])
         self._synchronized = True
 
-    def _collect(self, group):
-        ext = win_update_then_collect(group.name, require_mutex=True)
-        group.scatter(ext[:-1] / ext[-1])
+    def _collect(self, group, wait=False):
+        """Add what arrived into ``[x, weight]`` and set the parameters to ``x / weight``.
+
+        Only the buffers whose mutex is free right now are added (a neighbour may be writing into
+        the others); what is left there is added next time, so nothing waits for a neighbour.
+        With ``wait`` every buffer is added."""
+        name = group.name
+        if wait:
+            ext = win_update_then_collect(name, require_mutex=True)
+        else:
+            held = []
+            try:
+                for j in self._sources:
+                    mutex = win_mutex(name, for_self=True, ranks=[j])
+                    if mutex.acquire(blocking=False):
+                        held.append((j, mutex))
+                if not held:
+                    return
+                ext = win_update(name, self_weight=1.0,
+                                 neighbor_weights={j: 1.0 for j, _ in held}, reset=True)
+            finally:
+                for _, mutex in reversed(held):
+                    mutex.release()
+        group.scatter(float(ext[-1]))
 
     def unregister_window(self):
         """Collective: wait for this rank's accumulates, meet the others at a barrier, add the
@@ -375,6 +414,6 @@ class DistributedPushSumOptimizer(WindowOptimizer):
                 barrier()
                 with torch.no_grad():
                     for group in mine:
-                        self._collect(group)
+                        self._collect(group, wait=True)
                         group.due.clear()
         super().unregister_window()
