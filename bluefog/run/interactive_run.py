@@ -176,16 +176,21 @@ def _wait_for_files(paths: List[str], controller: subprocess.Popen, timeout: flo
 
 
 def _copy_to_remote_hosts(hosts, files: List[str], ssh_port: Optional[int]):
-    """Give remote engines the controller's connection files (same path as here)."""
-    from bluefog.run.run import is_local_host
-    port = ["-p", str(ssh_port)] if ssh_port else []
-    scp_port = ["-P", str(ssh_port)] if ssh_port else []
+    """Give remote engines the controller's connection files (same path as here).
+
+    Each file goes through ``ssh host 'cat > tmp && mv tmp file'``: no scp needed, and a host that
+    shares this file system (the same file) is left intact.
+    """
+    from bluefog.run.run import is_local_host, ssh_argv
     for host in sorted({h for h, _ in hosts if not is_local_host(h)}):
-        target = os.path.dirname(files[0])
-        subprocess.run(["ssh", "-o", "StrictHostKeyChecking=no", *port, host, "mkdir", "-p",
-                        shlex.quote(target)], check=True, stdin=subprocess.DEVNULL)
-        subprocess.run(["scp", "-o", "StrictHostKeyChecking=no", *scp_port, *files,
-                        f"{host}:{target}/"], check=True, stdin=subprocess.DEVNULL)
+        for path in files:
+            target = shlex.quote(path)
+            temp = shlex.quote(f"{path}.{os.getpid()}.tmp")
+            script = (f"mkdir -p {shlex.quote(os.path.dirname(path))} && cat > {temp} && "
+                      f"mv -f {temp} {target}")
+            with open(path, "rb") as handle:
+                subprocess.run(ssh_argv(host, ssh_port) + [script], stdin=handle, check=True,
+                               capture_output=True, timeout=60)
 
 
 def _launcher_argv(args, hosts) -> List[str]:
@@ -305,7 +310,7 @@ def start(args) -> int:
         code = 1
     except _Stop as stop:
         code = 130 if stop.args[0] == signal.SIGINT else 0
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         print(f"ibfrun: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:

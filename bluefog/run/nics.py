@@ -31,7 +31,8 @@ for _, name in socket.if_nameindex():
         print(name, addr)
 """
 
-__all__ = ["NicError", "LIST_CODE", "host_interfaces", "choose_common", "common_interfaces"]
+__all__ = ["NicError", "LIST_CODE", "host_interfaces", "choose_common", "common_interfaces",
+           "check_interfaces"]
 
 
 class NicError(RuntimeError):
@@ -92,18 +93,39 @@ def choose_common(per_host: Dict[str, Dict[str, str]]) -> List[str]:
     return chosen
 
 
+def _all_hosts(hosts: Sequence[Tuple[str, int]], ssh_port: Optional[int]):
+    from bluefog.run.run import is_local_host
+    names = list(dict.fromkeys(host for host, _ in hosts))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        futures = {name: pool.submit(host_interfaces, name, ssh_port, is_local_host(name))
+                   for name in names}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def check_interfaces(hosts: Sequence[Tuple[str, int]], wanted: str,
+                     ssh_port: Optional[int] = None) -> None:
+    """Make sure every interface in ``wanted`` (comma-separated) is up with an IPv4 address on
+    every host, so that a wrong ``--network-interface`` is an error at start, not a stuck job.
+
+    Raises:
+        NicError: a host lacks one, or cannot be asked.
+    """
+    per_host = _all_hosts(hosts, ssh_port)
+    for host, nics in per_host.items():
+        missing = [name for name in wanted.split(",") if name and name not in nics]
+        if missing:
+            raise NicError(f"--network-interface {wanted}: {', '.join(missing)} is not up with an "
+                           f"IPv4 address on {host} (it has: {', '.join(sorted(nics)) or 'none'}); "
+                           "choose an interface that every host has")
+
+
 def common_interfaces(hosts: Sequence[Tuple[str, int]], ssh_port: Optional[int] = None) -> str:
     """Comma-separated interfaces for a job on ``hosts`` (see the module docstring).
 
     Raises:
         NicError: a host cannot be asked, or no interface fits.
     """
-    from bluefog.run.run import is_local_host
-    names = list(dict.fromkeys(host for host, _ in hosts))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-        futures = {name: pool.submit(host_interfaces, name, ssh_port, is_local_host(name))
-                   for name in names}
-        per_host = {name: future.result() for name, future in futures.items()}
+    per_host = _all_hosts(hosts, ssh_port)
     chosen = choose_common(per_host)
     if not chosen:
         listing = "; ".join(f"{host}: {', '.join(sorted(nics)) or 'none'}"

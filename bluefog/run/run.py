@@ -29,7 +29,7 @@ from bluefog.run.fates import (death_line, fault_tolerant_summary, load_director
                                rank_hosts, read_fates, root_cause_line)
 from bluefog.run.mpi_command import (LauncherError, build_command, check_fault_tolerance,
                                      child_env, find_launcher, identify_launcher)
-from bluefog.run.nics import NicError, common_interfaces
+from bluefog.run.nics import NicError, check_interfaces, common_interfaces
 
 _FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                            if hasattr(signal, name))
@@ -49,13 +49,17 @@ def main(argv=None) -> int:
         lines = "; ".join(f"{host} ({why})" for host, why in unreachable)
         return _fail(f"cannot reach {lines} over ssh; bfrun needs passwordless ssh to every "
                      "remote host (check -p/--ssh-port)")
-    if cfg.network_interface is None and _remote_hosts(cfg):
+    if _remote_hosts(cfg):
         try:
-            cfg.network_interface = common_interfaces(cfg.hosts, cfg.ssh_port)
+            if cfg.network_interface is None:
+                cfg.network_interface = common_interfaces(cfg.hosts, cfg.ssh_port)
+                if cfg.verbose:
+                    print(f"bfrun: using network interface(s) {cfg.network_interface}",
+                          file=sys.stderr)
+            else:
+                check_interfaces(cfg.hosts, cfg.network_interface, cfg.ssh_port)
         except NicError as exc:
             return _fail(str(exc))
-        if cfg.verbose:
-            print(f"bfrun: using network interface(s) {cfg.network_interface}", file=sys.stderr)
     failure_dir = tempfile.mkdtemp(prefix="bfrun-")
     try:
         env = child_env(cfg, os.environ, failure_dir, launcher)
@@ -69,12 +73,12 @@ def main(argv=None) -> int:
         finally:
             if reporter is not None:
                 reporter.stop()
-        records = load_directory(failure_dir)
-        records.update(_remote_records(cfg, failure_dir))
         stopped = _stop_leftovers(failure_dir)
         if stopped:
             print(f"bfrun: stopped {stopped} process(es) of the job that outlived mpirun",
                   file=sys.stderr)
+        records = load_directory(failure_dir)       # before the remote clean-up: the file system
+        records.update(_remote_records(cfg, failure_dir))   # may be shared
         placed = rank_hosts(cfg.hosts, cfg.num_proc)
         ranks_of = {}
         for rank, host in enumerate(placed):
@@ -85,8 +89,11 @@ def main(argv=None) -> int:
             for line in lines:
                 print(f"bfrun: {line}", file=sys.stderr)
             code = ft_code if any(f.finished for f in fates) else (code or ft_code)
-        elif code != 0:
-            print(_failure_line(fates, job_start, ranks_of, code, signals), file=sys.stderr)
+        else:
+            if code == 0 and records and not all(f.finished for f in fates):
+                code = 1    # e.g. mpirun ended "successfully" after losing a host's daemon
+            if code != 0:
+                print(_failure_line(fates, job_start, ranks_of, code, signals), file=sys.stderr)
         sys.stderr.flush()
         return code
     finally:
