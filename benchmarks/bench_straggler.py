@@ -6,8 +6,9 @@ Run (it launches the ranks itself, through bfrun)::
     python benchmarks/bench_straggler.py                  # 4 and 8 ranks, slowdowns 2 and 4
     python benchmarks/bench_straggler.py --np 4 --repeats 5
 
-The last rank is the straggler: after each step it sleeps ``(k - 1)`` times the median step time
-this optimizer measured without a straggler in the same run, so it steps about k times slower.
+The last rank is the straggler: after each step it sleeps until k times the median fast step (this
+optimizer's, measured without a straggler in the same run) has passed since the step began, so it
+steps k times slower than the fast ranks did.
 Synchronous optimizers (gradient allreduce, AWC, AWC with the one-peer dynamic schedule) need every
 rank to take the same steps, so every rank takes ``--steps``; the asynchronous ones (win-put,
 push-sum, pull-get) stop independently: the fast ranks after ``--steps``, the straggler after
@@ -102,7 +103,7 @@ def build(bf, kind, model, lr):
     return make(base, model=model), None
 
 
-def one_run(bf, comm, kind, slowdown, sleep, seed, data, args):
+def one_run(bf, comm, kind, slowdown, unit, seed, data, args):
     """Train once; returns this rank's record (times, snapshots, final flat parameters)."""
     rank, size = bf.rank(), bf.size()
     straggler = rank == size - 1 and slowdown > 1
@@ -112,7 +113,7 @@ def one_run(bf, comm, kind, slowdown, sleep, seed, data, args):
     steps = args.steps
     if straggler and kind in ASYNC:
         steps = max(1, round(args.steps / slowdown))
-    stride = max(1, round(10 * steps / args.steps))          # ~steps/10 snapshots on every rank
+    stride = max(1, round(5 * steps / args.steps))      # a snapshot every 5 fast-rank steps' time
     g = torch.Generator().manual_seed(1000 * seed + rank)
     batches = [torch.randint(len(xs), (args.batch,), generator=g) for _ in range(steps)]
     snaps = [(0.0, flat(model))]
@@ -130,7 +131,7 @@ def one_run(bf, comm, kind, slowdown, sleep, seed, data, args):
         opt.step()
         step_times.append(time.perf_counter() - start)
         if straggler:
-            time.sleep(sleep)
+            time.sleep(max(0.0, slowdown * unit - step_times[-1]))
         if (k + 1) % stride == 0 or k + 1 == steps:
             snaps.append((time.perf_counter() - t0, flat(model)))
     loop = time.perf_counter() - t0
@@ -182,8 +183,7 @@ def rank_main(args):
         step = None
         for rep in range(args.repeats):
             for slowdown in [1] + list(args.slowdowns):
-                sleep = 0.0 if step is None else (slowdown - 1) * step
-                record = one_run(bf, comm, kind, slowdown, sleep, rep, (xs, ys), args)
+                record = one_run(bf, comm, kind, slowdown, step or 0.0, rep, (xs, ys), args)
                 records = comm.gather(record, root=0)
                 summary = summarize(records, xt, yt, args.target) if rank == 0 else None
                 summary = comm.bcast(summary, root=0)

@@ -34,7 +34,7 @@ def _sum_over_ranks(t, name):
     return bf.allreduce(t.detach().double().clone(), average=False, name=name)
 
 
-def _mass_run(topology=None, label=""):
+def _mass_run(topology=None, label="", dynamic=False):
     n, r = bf.size(), bf.rank()
     if topology is not None:
         assert bf.set_topology(topology)
@@ -44,9 +44,12 @@ def _mass_run(topology=None, label=""):
         opt = bf.DistributedPushSumOptimizer(torch.optim.SGD(model.parameters(), lr=0.0),
                                              model=model)
         assert opt.force_barrier is False          # asynchronous by default
-        assert len(opt.push_sum_weights) == (2 if n > 1 else 2)
+        assert len(opt.push_sum_weights) == 2               # float64 and float32
         steps = 10 + 7 * r                          # every rank stops after its own count
+        outs = bf.out_neighbor_ranks()
         for k in range(steps):
+            if dynamic and outs:                    # one out-neighbour a step, in turn
+                opt.dst_weights = [outs[k % len(outs)]] if k % 4 else {outs[0]: 0.25}
             loss = model(torch.ones(2, 3))
             opt.zero_grad()
             loss.backward()
@@ -78,8 +81,10 @@ def _mass_run(topology=None, label=""):
 @timeout(120)
 def case_push_sum_conserves_mass_without_barrier():
     """Every rank pushes a different number of times at a different pace, with no barrier; after
-    unregister_window() the weights sum to n and sum_i weight_i * z_i is the initial sum."""
+    unregister_window() the weights sum to n and sum_i weight_i * z_i is the initial sum; also
+    with dynamic destinations (a list, or a dict keeping the rest)."""
     _mass_run()
+    _mass_run(label="dynamic", dynamic=True)
 
 
 @sizes(4)
@@ -96,7 +101,7 @@ def case_push_sum_conserves_mass_on_a_directed_irregular_graph():
 def case_a_rank_that_never_steps_does_not_block_the_others():
     """Rank 0 goes straight to unregister_window() while the others take 40 steps each: with a
     barrier (or any collective) inside step() this hangs.  Then the final consensus agrees."""
-    n, r = bf.size(), bf.rank()
+    r = bf.rank()
     makers = {"win_put": bf.DistributedWinPutOptimizer,
               "pull_get": bf.DistributedPullGetOptimizer,
               "push_sum": bf.DistributedPushSumOptimizer}
