@@ -7,6 +7,7 @@ the machine groups if that changed, and resets the topology); ``bf.shutdown()`` 
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import List, Optional
@@ -38,6 +39,10 @@ class Context:
         self.engine = Engine(self.world, self.settings.cycle_time_ms, self.settings.fusion_threshold,
                              self.settings.fault_tolerant)
         self.engine.failure_hooks.append(self._after_failure)
+        # fault-tolerant mode: where each rank runs, so that a rank declared dead while frozen
+        # (SIGSTOP, a hung loop) is ended rather than left holding the job open
+        self._processes = (self.world.allgather((os.uname().nodename, os.getpid()))
+                           if self.settings.fault_tolerant else None)
         self.caller_comm = self.world.Dup()   # collectives issued on the caller's thread
         self.cuda = CudaRuntime(self.rank, self.size, self.settings.ops_on_cpu)   # touches no GPU yet
         self.local_comm = None
@@ -116,9 +121,20 @@ class Context:
         """Fault-tolerant mode, on every survivor at the same point (engine recovery): when the
         survivors' part of the graph is no longer strongly connected, use the default graph over
         the survivors (logged once, by the lowest survivor)."""
-        if self.topology is None or not newly:
+        if not newly:
             return
         live = [r for r in range(self.size) if r not in set(self.failed_ranks())]
+        if self._processes is not None and self.rank == live[0]:
+            here = os.uname().nodename
+            for r in newly:
+                host, pid = self._processes[r]
+                if host == here:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:      # gone already
+                        pass
+        if self.topology is None:
+            return
         if len(live) > 1 and nx.is_strongly_connected(self.topology.subgraph(live)):
             return
         from bluefog.topology import ExponentialGraph

@@ -23,6 +23,12 @@ def mpi():
         # Open MPI's osc/ucx component prints an error when no UCX device exists, although another
         # component is then used; leave it out unless the user chose window components.
         os.environ.setdefault("OMPI_MCA_osc", "^ucx")
+        # BLUEFOG_FAILURE_TIMEOUT: how long ULFM's failure detector waits for a silent (frozen)
+        # rank before declaring it dead; the heartbeat period must be under a third of it
+        timeout = config.failure_timeout()
+        if timeout is not None:
+            os.environ["OMPI_MCA_mpi_ft_detector_timeout"] = repr(timeout)
+            os.environ["OMPI_MCA_mpi_ft_detector_period"] = repr(min(0.5, timeout / 4))
         import mpi4py
         mpi4py.rc.thread_level = config.mpi_thread_level()
         from mpi4py import MPI

@@ -158,13 +158,13 @@ WINDOW_OPTIMIZERS = {
 
 def scenario_window_optimizer(facts):
     """4 ranks: the window optimizer named by FAULT_OPTIMIZER trains the digits model without a
-    death, then again while rank 2 dies at step 50."""
+    death, then again while rank 2 dies at step 150 (of 300)."""
     r, n = bf.rank(), bf.size()
     xs, ys, xt, yt = _digits(r, n)
     label = os.environ["FAULT_OPTIMIZER"]
     make = lambda opt, model: WINDOW_OPTIMIZERS[label](opt, model=model)
-    facts["clean"] = _train(make, xs, ys, xt, yt, 150)
-    facts["faulty"] = _train(make, xs, ys, xt, yt, 150, die_at=50 if r == 2 else None)
+    facts["clean"] = _train(make, xs, ys, xt, yt, 300)
+    facts["faulty"] = _train(make, xs, ys, xt, yt, 300, die_at=150 if r == 2 else None)
 
 
 def scenario_windows(facts):
