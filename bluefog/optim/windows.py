@@ -212,25 +212,18 @@ class _Group:
         self.handle = None
         self.due = set()
 
-    def viewed(self) -> bool:
-        """True while every parameter is still its view of ``z`` (nobody replaced its data)."""
-        base = self.z.data_ptr()
-        size = self.z.element_size()
-        return all(p.data_ptr() == base + a * size and p.is_contiguous()
-                   for p, (a, _) in zip(self.params, self.spans))
-
     def gather(self):
-        """``z`` <- the parameters now."""
-        if not self.viewed():
-            torch.cat([p.detach().reshape(-1) for p in self.params], out=self.z)
+        """``z`` <- the parameters now.  A parameter whose data was replaced (``p.data = ...``)
+        is copied into ``z`` and made its view again."""
+        base, size = self.z.data_ptr(), self.z.element_size()
+        for p, (a, b) in zip(self.params, self.spans):
+            if p.data_ptr() != base + a * size or not p.is_contiguous():
+                self.z[a:b].copy_(p.detach().reshape(-1))
+                set_parameter(p, self.z[a:b].view_as(p))
 
     def scatter(self, weight):
-        """The parameters (and ``z``) <- ``x / weight``."""
+        """The parameters (views of ``z``) <- ``x / weight``."""
         torch.div(self.ext[:-1], weight, out=self.z)
-        if not self.viewed():
-            parts = self.z.split([b - a for a, b in self.spans])
-            torch._foreach_copy_([p.data for p in self.params],
-                                 [part.view_as(p) for p, part in zip(self.params, parts)])
 
 
 class DistributedPushSumOptimizer(WindowOptimizer):

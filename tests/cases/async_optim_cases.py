@@ -50,6 +50,8 @@ def _mass_run(topology=None, label="", dynamic=False):
         for k in range(steps):
             if dynamic and outs:                    # one out-neighbour a step, in turn
                 opt.dst_weights = [outs[k % len(outs)]] if k % 4 else {outs[0]: 0.25}
+            if k == 3:                              # the user replaces a parameter's data
+                model.b.data = model.b.data.clone()
             loss = model(torch.ones(2, 3))
             opt.zero_grad()
             loss.backward()
