@@ -30,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ULFM_MCA = [("mpi_ft_detector", "true"), ("mpi_ft_detector_thread", "true"),
-            ("mpi_ft_detector_period", "0.5"), ("mpi_ft_detector_timeout", "3")]
+            ("mpi_ft_detector_period", "1"), ("mpi_ft_detector_timeout", "10")]
 SIZES = {"1K": 1 << 10, "1M": 1 << 20, "16M": 16 << 20}
 
 

@@ -195,8 +195,8 @@ def create() -> Context:
     global _context, _atexit_registered
     with _lock:
         if _context is None:
+            _install_failure_hook()   # first: an exception inside Context() must end the job too
             _context = Context()
-            _install_failure_hook(_context)
             if not _atexit_registered:
                 atexit.register(_exit_after_failures)
                 _atexit_registered = True
@@ -216,11 +216,18 @@ def destroy():
 
 
 def _exit_after_failures():
-    """At interpreter exit in fault-tolerant mode after a rank died: end the process without
-    ``MPI_Finalize`` (which waits for the dead under ULFM's failure detector), exit status 0."""
+    """At interpreter exit in fault-tolerant mode: wait for the survivors (a barrier), then end the
+    process without ``MPI_Finalize``, exit status 0 (under ULFM's failure detector, finalizing
+    waits for the dead after a death, and was seen to spin without one)."""
     ctx = _context
+    tolerant = ctx is not None and ctx.engine.ft is not None
+    if tolerant:
+        try:
+            _exit_barrier(ctx.engine)
+        except Exception:  # shut down already: go anyway
+            pass
     destroy()
-    if ctx is not None and ctx.failed_ranks():
+    if tolerant:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -228,6 +235,17 @@ def _exit_after_failures():
                 pass
         logging.shutdown()
         os._exit(0)
+
+
+def _exit_barrier(engine):
+    """A barrier over the survivors through the engine (fault-tolerant mode, at exit)."""
+    from bluefog.engine import kernels
+    from bluefog.engine.handle import Handle
+    from bluefog.engine.request import Request
+    request = Request(name="bluefog.exit", signature=("exit_barrier",),
+                      start=lambda launch: kernels.barrier(engine.data_comm),
+                      handle=Handle("bluefog.exit"))
+    engine.wait(engine.submit(request))
 
 
 def _check_ulfm(MPI, size: int):
@@ -242,25 +260,42 @@ def _check_ulfm(MPI, size: int):
                            "failure-detector settings (see docs/fault-tolerance.md).")
 
 
-def _install_failure_hook(ctx: Context):
-    """An uncaught exception on one rank ends the whole job at once, naming that rank."""
-    if ctx.size == 1 or getattr(sys.excepthook, "_bluefog", False):
+def _install_failure_hook():
+    """An uncaught exception on one rank (also one raised inside ``bf.init()``) ends the whole job at
+    once, naming that rank."""
+    if getattr(sys.excepthook, "_bluefog", False):
         return
     previous = sys.excepthook
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
+        ctx = _context
+        world = ctx.world if ctx is not None else _initialized_world()
+        if world is None or world.Get_size() == 1:
+            return
+        rank = world.Get_rank()
         from bluefog.run.failure import record_failure
-        record_failure(ctx.rank, value)
-        if ctx.engine.ft is not None:     # the others go on without this rank
-            sys.stderr.write(f"bluefog: rank {ctx.rank} failed with {kind.__name__}: {value}; "
+        record_failure(rank, value)
+        if ctx is not None and ctx.engine.ft is not None:     # the others go on without this rank
+            sys.stderr.write(f"bluefog: rank {rank} failed with {kind.__name__}: {value}; "
                              "the other ranks go on (fault-tolerant mode).\n")
             sys.stderr.flush()
             os._exit(1)
-        sys.stderr.write(f"bluefog: rank {ctx.rank} failed with {kind.__name__}: {value}; "
+        sys.stderr.write(f"bluefog: rank {rank} failed with {kind.__name__}: {value}; "
                          "aborting the job.\n")
         sys.stderr.flush()
-        ctx.world.Abort(1)
+        world.Abort(1)
 
     hook._bluefog = True
     sys.excepthook = hook
+
+
+def _initialized_world():
+    """MPI.COMM_WORLD if mpi4py has initialized MPI and not finalized it, else None."""
+    MPI = sys.modules.get("mpi4py.MPI")
+    try:
+        if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized():
+            return MPI.COMM_WORLD
+    except Exception:
+        pass
+    return None

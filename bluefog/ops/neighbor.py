@@ -139,8 +139,12 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
         return job.request(sig, lambda launch: cuda.neighbor_allreduce(
             job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     defer = into_at_sync and job.route is None
-    if self_weight is None and job.ctx.engine.ft is not None:
-        return _replanned_request(job, sig, tensor, defer, topology)
+    if job.ctx.engine.ft is not None:
+        if self_weight is None:
+            return _replanned_request(job, sig, tensor, defer, topology)
+        src = source_weights(src_weights, ctx.size, ctx.rank)
+        return _renormalized_request(job, sig, tensor, defer, topology, sends, recvs,
+                                     float(self_weight), [src.get(r, 0.0) for r in recvs])
     if defer:
         job.handle.convert = lambda slots: _combine_received(combine, tensor, slots)
     fusion = {} if checked or defer else dict(
@@ -177,6 +181,31 @@ def _replanned_request(job, sig, tensor, defer, topology) -> Request:
                                     fusion_part=tensor, fuse=fuse)
     return job.request(sig, start, nbytes=tensor.numel() * tensor.element_size(), **topology,
                        **fusion)
+
+
+def _renormalized_request(job, sig, tensor, defer, topology, sends, recvs, self_weight,
+                          weights) -> Request:
+    """Fault-tolerant mode, explicit weights: at the start of the op, the weights of dead
+    in-neighbors are dropped and the rest (self included) scaled to the sum they had."""
+    comm = job.ctx.engine.data_comm
+    used = []
+
+    def start(launch):
+        lost = sum(w for r, w in zip(recvs, weights) if not comm.alive(r))
+        total = self_weight + sum(weights)
+        if lost and total == lost:          # nothing left but this rank: it keeps its value
+            own, scale = total, 0.0
+        else:
+            scale = total / (total - lost) if lost else 1.0
+            own = self_weight * scale
+        combine = mix.weighted(own, [w * scale if comm.alive(r) else 0.0
+                                     for r, w in zip(recvs, weights)])
+        used[:] = [combine]
+        return kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine, None, defer)
+
+    if defer:
+        job.handle.convert = lambda slots: _combine_received(used[0], tensor, slots)
+    return job.request(sig, start, nbytes=tensor.numel() * tensor.element_size(), **topology)
 
 
 def _combine_received(combine, tensor, slots):

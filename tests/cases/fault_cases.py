@@ -63,6 +63,18 @@ def scenario_collectives(facts):
     facts["gathered_ranks"] = gathered[:, 0].tolist()
     facts["x_spread"] = spread(x)
     facts["x"] = x[0].item()
+    # default weights: a dead in-neighbor's weight goes to self; explicit ones are renormalized
+    ins = bf.in_neighbor_ranks()
+    live = [j for j in ins if j not in bf.failed_ranks()]
+    mine = torch.tensor([float(r)], dtype=torch.float64)
+    got = bf.neighbor_allreduce(mine, name="default weights").item()
+    want = (r + sum(live) + r * (len(ins) - len(live))) / (1 + len(ins))
+    facts["default_weights"] = [got, want]
+    w = 0.6 / len(ins)
+    got = bf.neighbor_allreduce(mine, self_weight=0.4, src_weights={j: w for j in ins},
+                                name="explicit weights").item()
+    want = (0.4 * r + w * sum(live)) / (0.4 + w * len(live))
+    facts["explicit_weights"] = [got, want]
     try:
         bf.broadcast(torch.tensor([1.0]), root_rank=2, name="dead root")
         facts["dead_root"] = "no error"
