@@ -14,7 +14,7 @@ results copied back out.  "off" sets the engine's fusion threshold to 0 in the s
 
 import torch
 
-from common import (Stat, alternate, exponential_neighbors, raw_neighbor_average, ratio,
+from common import (Stat, exponential_neighbors, raw_neighbor_average, ratio, run_benchmark,
                     side_parser, timed, write_result)
 
 
@@ -98,12 +98,7 @@ def main():
     parser = side_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--elements", type=int, default=256, help="elements per tensor")
     parser.add_argument("--counts", default="1,10,100,1000")
-    args = parser.parse_args()
-    if args.side:
-        measure(args)
-    else:
-        passed = ["--elements", str(args.elements), "--counts", args.counts]
-        report(args, alternate(__file__, passed, args.np, args.pairs))
+    run_benchmark(parser, __file__, measure, report)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ range of the per-pair ratios).
 
 import torch
 
-from common import (alternate, exponential_neighbors, raw_neighbor_average, ratio, side_parser,
-                    stat, timed_round_robin, write_result)
+from common import (exponential_neighbors, raw_neighbor_average, ratio, run_benchmark,
+                    side_parser, stat, timed_round_robin, write_result)
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20, "16M": 1 << 24}
 REPEATS = {"1K": 300, "64K": 150, "1M": 40, "16M": 10}
@@ -82,12 +82,7 @@ def main():
     parser = side_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1K,64K,1M,16M")
     parser.add_argument("--repeat-scale", type=float, default=1.0)
-    args = parser.parse_args()
-    if args.side:
-        measure(args)
-    else:
-        passed = ["--sizes", args.sizes, "--repeat-scale", str(args.repeat_scale)]
-        report(args, alternate(__file__, passed, args.np, args.pairs))
+    run_benchmark(parser, __file__, measure, report)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from common import (Stat, alternate, exponential_neighbors, raw_neighbor_average, ratio,
+from common import (Stat, exponential_neighbors, raw_neighbor_average, ratio, run_benchmark,
                     side_parser, timed, write_result)
 
 
@@ -150,14 +150,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--blocks", type=int, default=20, help="interleaved blocks of steps")
     parser.add_argument("--skip-ddp", action="store_true")
-    args = parser.parse_args()
-    if args.side:
-        measure(args)
-    else:
-        passed = [f"--{k.replace('_', '-')}={getattr(args, k)}"
-                  for k in ("layers", "width", "batch", "steps", "warmup", "blocks")]
-        passed += ["--skip-ddp"] if args.skip_ddp else []
-        report(args, alternate(__file__, passed, args.np, args.pairs))
+    run_benchmark(parser, __file__, measure, report)
 
 
 if __name__ == "__main__":

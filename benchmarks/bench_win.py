@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from common import Stat, alternate, exponential_neighbors, ratio, side_parser, write_result
+from common import Stat, exponential_neighbors, ratio, run_benchmark, side_parser, write_result
 
 SIZES = {"1K": 1 << 10, "64K": 1 << 16, "1M": 1 << 20}
 REPEATS = {"1K": 2000, "64K": 400, "1M": 150}
@@ -181,12 +181,7 @@ def main():
     parser = side_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1K,1M")
     parser.add_argument("--repeat-scale", type=float, default=1.0)
-    args = parser.parse_args()
-    if args.side:
-        measure(args)
-    else:
-        passed = ["--sizes", args.sizes, "--repeat-scale", str(args.repeat_scale)]
-        report(args, alternate(__file__, passed, args.np, args.pairs))
+    run_benchmark(parser, __file__, measure, report)
 
 
 if __name__ == "__main__":

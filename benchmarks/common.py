@@ -114,6 +114,26 @@ def side_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def run_benchmark(parser: argparse.ArgumentParser, script: str, measure, report):
+    """The entry point of a benchmark script: under ``--side`` measure one side on this rank;
+    otherwise drive (alternate the two sides, passing on every option but ``--np`` / ``--pairs``)
+    and ``report(args, runs)``."""
+    args = parser.parse_args()
+    if args.side:
+        measure(args)
+        return
+    passed = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "np", "pairs", "side", "json"):
+            continue
+        value = getattr(args, action.dest)
+        if isinstance(action, argparse._StoreTrueAction):
+            passed += [action.option_strings[0]] if value else []
+        else:
+            passed.append(f"{action.option_strings[0]}={value}")
+    report(args, alternate(script, passed, args.np, args.pairs))
+
+
 def alternate(script: str, argv, size: int, pairs: int, verbose: bool = True):
     """Run ``script`` as the floor side and as bluefog's side, alternately, ``pairs`` times each
     (floor first in odd pairs, ours first in even ones) under ``bfrun -np size``.  Returns
@@ -150,7 +170,12 @@ class Stat:
         """``median (min–max)`` in one unit: µs below a millisecond, else ms."""
         scale, unit = (1e6, "µs") if self.median < 1e-3 else (1e3, "ms")
         lo, hi = min(self.values) * scale, max(self.values) * scale
-        return f"{self.median * scale:.3g} {unit} ({lo:.3g}–{hi:.3g})"
+        return f"{_digits(self.median * scale)} {unit} ({_digits(lo)}–{_digits(hi)})"
+
+
+def _digits(value: float) -> str:
+    """Three significant digits, never in exponent form."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def stat(runs, method) -> Stat:
