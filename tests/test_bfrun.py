@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from bluefog import __version__
-from bluefog.run import failure, run as run_mod
+from bluefog.run import failure, fates as fates_mod, nics, rankwatch, run as run_mod
 from bluefog.run.config import LaunchConfig, parse_args, parse_hostfile, parse_hosts
 from bluefog.run.mpi_command import (FAULT_TOLERANT_MCA, HYDRA, OPEN_MPI, Launcher, LauncherError,
                                      build_command, check_fault_tolerance, child_env,
@@ -440,6 +440,28 @@ def test_dead_rank_ends_the_job_and_is_named(tmp_path, how, cause):
     assert "done" not in done.stdout
 
 
+@pytest.mark.timeout(240)
+def test_rank_failing_inside_bf_init_is_named(tmp_path):
+    """An exception raised inside bf.init() (after MPI started) ends the job instead of leaving the
+    other rank waiting in init for ever."""
+    script = tmp_path / "init.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import bluefog.torch as bf
+        if os.environ["OMPI_COMM_WORLD_RANK"] == "1":
+            os.environ["BLUEFOG_NODES_PER_MACHINE"] = "many"
+        bf.init()
+        bf.barrier()
+        print("done", flush=True)
+    """))
+    done = _bfrun(["-np", "2", sys.executable, str(script)], timeout=200)
+    assert done.returncode != 0 and "done" not in done.stdout
+    last = done.stderr.replace("\x00", "").strip().splitlines()[-1]  # mpirun's abort text has a NUL
+    assert last == (
+        "bfrun: rank 1 failed first: ValueError: BLUEFOG_NODES_PER_MACHINE='many' is not a valid "
+        "int; unset it or give a number >= 1."), done.stderr
+
+
 @pytest.mark.timeout(60)
 def test_failure_without_record(tmp_path):
     done = _bfrun(["-np", "2", sys.executable, "-c",
@@ -486,6 +508,91 @@ def test_fault_tolerant_needs_ulfm(tmp_path, capsys):
     assert argv[argv.index("--with-ft") + 1] == "ulfm" and env["BLUEFOG_FAULT_TOLERANT"] == "1"
     assert {name: value for name, value in _mca(argv).items() if name.startswith("mpi_ft")} == \
         dict(FAULT_TOLERANT_MCA)
+    _, _, argv = _command(["-np", "2", "--fault-tolerant", "x"],
+                          env={"PATH": "/bin", "BLUEFOG_FAILURE_TIMEOUT": "5"})
+    assert _mca(argv)["mpi_ft_detector_timeout"] == "5.0"
+
+
+# ---- rank fates, interfaces ----------------------------------------------------------------------
+
+def _fate_records(**ends):
+    """``rank=(code, signal, end)`` -> records as the watcher writes them (start 100.0)."""
+    records = {}
+    for key, (code, sig, end) in ends.items():
+        rank = int(key[1:])
+        records[f"end{rank}.json"] = {"rank": rank, "host": "h", "pid": 1, "start": 100.0,
+                                      "end": end, "code": code, "signal": sig, "error": None}
+    return records
+
+
+@pytest.mark.timeout(10)
+def test_fault_tolerant_summary_rules():
+    ranks_of = {"localhost": [0, 1, 2, 3]}
+    fates = fates_mod.read_fates(_fate_records(r0=(0, None, 150), r1=(0, None, 151),
+                                               r2=(None, "SIGKILL", 141.2), r3=(7, None, 120)), 4)
+    lines, code = fates_mod.fault_tolerant_summary(fates, 100.0, ranks_of)
+    assert code == 0
+    assert lines == ["rank 3 died (exit code 7) 20.0 s into the job",
+                     "rank 2 died (SIGKILL) 41.2 s into the job; 2 of 4 ranks finished"]
+    # a non-zero exit after others finished is a failure of the job, not a death
+    fates = fates_mod.read_fates(_fate_records(r0=(0, None, 150), r1=(3, None, 160)), 2)
+    lines, code = fates_mod.fault_tolerant_summary(fates, 100.0, {"localhost": [0, 1]})
+    assert code == 3 and lines == ["rank 1 failed: exit code 3"]
+    # nobody finished: failure
+    fates = fates_mod.read_fates(_fate_records(r0=(None, "SIGKILL", 110)), 1)
+    lines, code = fates_mod.fault_tolerant_summary(fates, 100.0, {"localhost": [0]})
+    assert code == 1 and lines[-1].endswith("0 of 1 ranks finished")
+
+
+@pytest.mark.timeout(10)
+def test_root_cause_and_lost_hosts():
+    records = _fate_records(r0=(None, "SIGTERM", 130), r1=(None, "SIGTERM", 130),
+                            r2=(5, None, 120))
+    records["rank1.json"] = {"rank": 1, "time": 125.0, "error": "ValueError: x"}
+    hosts = fates_mod.rank_hosts([("a", 2), ("b", 2)], 4)
+    assert hosts == ["a", "a", "b", "b"] and fates_mod.rank_hosts([("a", 1)], 3) == ["a"] * 3
+    ranks_of = {"a": [0, 1], "b": [2, 3]}
+    fates = fates_mod.read_fates(records, 4, hosts)
+    # an exception record wins even when a plain exit came earlier
+    assert fates_mod.root_cause_line(fates, 100.0, ranks_of) == "rank 1 failed first: ValueError: x"
+    del records["rank1.json"]
+    fates = fates_mod.read_fates(records, 4, hosts)
+    assert fates_mod.root_cause_line(fates, 100.0, ranks_of) == (
+        "rank 2 on h failed first: exit code 5, 20.0 s into the job")
+    fates = fates_mod.read_fates(_fate_records(r0=(None, "SIGTERM", 130),
+                                               r1=(None, "SIGTERM", 130)), 4, hosts)
+    assert fates_mod.root_cause_line(fates, 100.0, ranks_of).startswith(
+        "lost contact with b (ranks 2, 3): no exit status came back from that host")
+    pairs = [("end0.json", json.dumps(records["end0.json"])), ("end1.json", "{broken"),
+             ("notes.txt", "{}")]
+    assert list(fates_mod.parse_records(pairs)) == ["end0.json"]
+
+
+@pytest.mark.timeout(10)
+def test_rankwatch_traceback_line():
+    tail = (b"noise\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+            b"    import nope\nModuleNotFoundError: No module named 'nope'\n")
+    assert rankwatch.last_error_line(tail) == "ModuleNotFoundError: No module named 'nope'"
+    assert rankwatch.last_error_line(b"all fine\n") is None
+
+
+@pytest.mark.timeout(30)
+def test_interface_choice(monkeypatch):
+    per_host = {"a": {"eth0": "10.0.0.1", "docker0": "172.17.0.1", "ib0": "10.1.0.1"},
+                "b": {"eth0": "10.0.0.2", "docker0": "172.17.0.1", "ib0": "10.1.0.2",
+                      "wlan0": "192.168.1.5"}}
+    assert nics.choose_common(per_host) == ["eth0", "ib0"]   # docker0: same address everywhere
+    assert nics.choose_common({"a": {"eth0": "1.1.1.1"}, "b": {"ens5": "1.1.1.2"}}) == []
+    local = nics.host_interfaces("localhost", local=True)
+    assert all(name != "lo" for name in local)
+    monkeypatch.setattr(nics, "_all_hosts", lambda hosts, port: per_host)
+    assert nics.common_interfaces([("a", 1), ("b", 1)]) == "eth0,ib0"
+    nics.check_interfaces([("a", 1), ("b", 1)], "eth0,ib0")
+    with pytest.raises(nics.NicError, match="wlan0 is not up with an IPv4 address on a"):
+        nics.check_interfaces([("a", 1), ("b", 1)], "wlan0")
+    monkeypatch.setattr(nics, "_all_hosts", lambda hosts, port: {"a": {"x": "1"}, "b": {"y": "2"}})
+    with pytest.raises(nics.NicError, match="no network interface in common.*a: x; b: y"):
+        nics.common_interfaces([("a", 1), ("b", 1)])
 
 
 @pytest.mark.timeout(60)

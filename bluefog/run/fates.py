@@ -204,19 +204,18 @@ def fault_tolerant_summary(fates: Sequence[Fate], job_start: float,
                            all_ranks_of: Dict[str, List[int]]) -> Tuple[List[str], int]:
     """Lines for a ``--fault-tolerant`` job and its exit code.
 
-    A rank *died* if a signal ended it, or it exited non-zero before any rank finished; the job
-    succeeds (0) when at least one rank finished, every rank finished or died, and none raised an
-    uncaught Python exception. Otherwise the exit code is the failing rank's (or 1).
+    A rank *died* if a signal ended it, an uncaught Python exception ended it (the runtime then lets
+    the others go on), or it exited non-zero before any rank finished. The job succeeds (0) when at
+    least one rank finished and every rank finished or died; a rank that exits non-zero after
+    others finished failed, and its exit code (or 1) is the job's.
     """
     finished = [f for f in fates if f.finished]
     first_done = min((f.end for f in finished), default=None)
     deaths, failures = [], []
     for fate in fates:
-        if fate.exception is not None:
-            failures.append(fate)
-        elif fate.signal is not None or (fate.died and (first_done is None
-                                                         or fate.end < first_done)):
-            deaths.append(fate)
+        if fate.exception is not None or fate.signal is not None or (
+                fate.died and (first_done is None or fate.end < first_done)):
+            deaths.append(fate)     # the runtime lets the others go on after an exception, too
         elif fate.died:
             failures.append(fate)
     lines = []

