@@ -240,8 +240,8 @@ def start(args) -> int:
     try:
         import ipyparallel  # noqa: F401
     except ImportError:
-        print("ibfrun: ipyparallel is not installed; pip install 'bluefog[interactive]'",
-              file=sys.stderr)
+        print("ibfrun: ipyparallel is not installed; pip install 'bluefog-gossip[interactive]' "
+              "(or pip install ipyparallel)", file=sys.stderr)
         return 1
     from bluefog.config import start_timeout
     from bluefog.run.run import is_local_host
