@@ -29,8 +29,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ULFM_MCA = [("mpi_ft_detector", "true"), ("mpi_ft_detector_thread", "true"),
-            ("mpi_ft_detector_period", "1"), ("mpi_ft_detector_timeout", "10")]
 SIZES = {"1K": 1 << 10, "1M": 1 << 20, "16M": 16 << 20}
 
 
@@ -78,14 +76,14 @@ def rank_cost(out_dir):
 
 # ----------------------------------------------------------------------------- driver side
 def command(size, args, fault_tolerant):
-    from bluefog.run.mpi_command import find_launcher
+    from bluefog.run.mpi_command import FAULT_TOLERANT_MCA, find_launcher
     cmd = [find_launcher(), "-np", str(size), "--oversubscribe", "--bind-to", "none",
            "--mca", "mpi_yield_when_idle", "1", "--mca", "osc", "^ucx"]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     if fault_tolerant:
         cmd += ["--with-ft", "ulfm"]
-        for name, value in ULFM_MCA:
+        for name, value in FAULT_TOLERANT_MCA:
             cmd += ["--mca", name, value]
         cmd += ["-x", "BLUEFOG_FAULT_TOLERANT=1"]
     return cmd + ["-x", f"PYTHONPATH={ROOT}", sys.executable] + args

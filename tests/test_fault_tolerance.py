@@ -14,11 +14,11 @@ import tempfile
 
 import pytest
 
+# bfrun --fault-tolerant's failure detector (shared memory + heartbeats: a death is seen in ~30 ms)
+from bluefog.run.mpi_command import FAULT_TOLERANT_MCA
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "cases", "fault_cases.py")
-# the failure detector on shared memory: a death is seen in ~30 ms (docs/fault-tolerance.md)
-ULFM_MCA = [("mpi_ft_detector", "true"), ("mpi_ft_detector_thread", "true"),
-            ("mpi_ft_detector_period", "1"), ("mpi_ft_detector_timeout", "10")]
 
 
 def _launcher():
@@ -39,7 +39,7 @@ def _command(size, script_args, ulfm=True):
         cmd.append("--allow-run-as-root")
     if ulfm:
         cmd += ["--with-ft", "ulfm"]
-        for name, value in ULFM_MCA:
+        for name, value in FAULT_TOLERANT_MCA:
             cmd += ["--mca", name, value]
     for name in ("BLUEFOG_FAULT_TOLERANT", "PYTHONPATH", "FAULT_OPTIMIZER"):
         cmd += ["-x", name]
