@@ -416,6 +416,13 @@ DEATH_PROGRAM = textwrap.dedent("""
 """)
 
 
+# Under ULFM, Open MPI 5.0 now and then crashes every rank inside MPI_Init (a segfault in
+# ompi_comm_revoke_local, reached from ompi_mpi_init's progress loop), before any rank of the job
+# ran a line of its own: seen in about one CI run of three on this 2-core machine, with or without
+# a death to come (docs/fault-tolerance.md). Such a job says nothing about bfrun; it runs again once.
+MPI_INIT_CRASH = "ompi_mpi_init"
+
+
 def _death_run(tmp_path, how, flags=(), np=4):
     script = tmp_path / "die.py"
     script.write_text(DEATH_PROGRAM)
@@ -474,6 +481,8 @@ def test_failure_without_record(tmp_path):
 @pytest.mark.timeout(150)
 def test_fault_tolerant_job_reports_the_death_and_succeeds(tmp_path):
     done = _death_run(tmp_path, "ft", ["--fault-tolerant", "--verbose"])
+    if MPI_INIT_CRASH in done.stderr:   # Open MPI's ULFM, not the launcher: see the note above
+        done = _death_run(tmp_path, "ft", ["--fault-tolerant", "--verbose"])
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == sorted("done 0 done 1 done 3".split())
     assert "--with-ft ulfm" in done.stderr and "mpi_ft_detector" in done.stderr
