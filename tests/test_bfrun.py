@@ -399,18 +399,27 @@ DEATH_PROGRAM = textwrap.dedent("""
         import bluefog_no_such_module  # dies before MPI starts
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
+    if how == "ft":
+        # Rank 2 dies only once every other rank has told it so, outside any collective: a death
+        # during a barrier would fail that barrier on the others (ULFM), not what is tested here.
+        # The others outlive rank 2 and end well (without MPI_Finalize, which is the runtime's
+        # business under ULFM, not the launcher's).
+        if rank == 2:
+            for _ in range(comm.size - 1):
+                comm.recv(source=MPI.ANY_SOURCE)
+            os.kill(os.getpid(), signal.SIGKILL)
+        comm.send(rank, dest=2)
+        time.sleep(2)
+        print("done", rank, flush=True)
+        os._exit(0)
     comm.Barrier()
     if rank == 2:
         if how == "exit":
             os._exit(7)
-        if how in ("sigkill", "ft"):
+        if how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         if how == "segfault":
             ctypes.string_at(0)
-    if how == "ft":     # the others outlive rank 2 and end well (without MPI_Finalize, which is
-        time.sleep(2)   # the runtime's business under ULFM, not the launcher's)
-        print("done", rank, flush=True)
-        os._exit(0)
     comm.Barrier()      # never completes: rank 2 is gone
     print("done", rank, flush=True)
 """)
