@@ -36,6 +36,7 @@ from bluefog.engine import fault, negotiation
 from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
 from bluefog.engine.mpi import mpi
+from bluefog.engine.record import Decision
 from bluefog.engine.request import Launch, Request
 from bluefog.errors import SHUT_DOWN, ShutdownError
 from bluefog.timeline import tracer as _timeline   # hooks below: one `is not None` test when off
@@ -146,11 +147,11 @@ class Engine:
             self.ft = fault.FaultState(world)
             self.data_comm = fault.LiveComm(world.Dup(), self.ft)
             self.ctrl_comm = fault.LiveComm(world.Dup(), self.ft)
-            self.layout = negotiation.Layout(self.size, self.rank, list(range(self.size)))
+            self.mailbox = negotiation.mailbox_for(self.size, self.rank, list(range(self.size)))
         else:
             self.data_comm = world.Dup()
             self.ctrl_comm = world.Dup()
-            self.layout = negotiation.Layout(self.size, self.rank)
+            self.mailbox = negotiation.mailbox_for(self.size, self.rank)
         tag_ub = self.data_comm.Get_attr(MPI.TAG_UB) or 32767
         self._tag_span = max(1024, min(int(tag_ub), 1 << 30) - 64)
         self._cycle = cycle_time_ms / 1000.0
@@ -215,7 +216,7 @@ class Engine:
             self._round_started, self._stall_warned = time.monotonic(), False
             self._waiting_for = [plan.name]
             try:
-                decided = plan.exchange(self.ctrl_comm, self.layout, tensor)
+                decided = plan.exchange(self.ctrl_comm, self.mailbox, tensor)
                 if decided:
                     output = plan.result(tensor)
             except BaseException:
@@ -224,9 +225,7 @@ class Engine:
             finally:
                 self._round_started = None
             if decided:
-                self._seq += 1
-                self.stats["kernels"] += 1
-                self.stats["carried"] += 1
+                self._count_kernel(1, carried=True)
                 self.stats["lone"] += 1
                 self._unproductive = 0
                 self._forget(plan.name)
@@ -234,8 +233,8 @@ class Engine:
             self.stats["handed_over"] += 1
             request = make_request()
             self._pending.append(request)
-            rows = self.layout.received_rows()
-            self._start_round(negotiation.settle(self.ctrl_comm, self.layout, rows, [request],
+            rows = self.mailbox.received_rows()
+            self._start_round(negotiation.settle(self.ctrl_comm, self.mailbox, rows, [request],
                                                  plan.delivered))
         finally:
             self._drive.release()
@@ -244,7 +243,7 @@ class Engine:
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
         return (self.ft is None and not self.skip_negotiation and _timeline.TIMELINE is None
-                and self.size <= negotiation.P2P_ROUND_LIMIT and self.layout.inbox.shape[0] > 0)
+                and self.size <= negotiation.P2P_ROUND_LIMIT and self.mailbox.point_to_point)
 
     def keep_lone_plan(self, key, plan):
         """Remember a prepared lone round (at most ``MAX_LONE_PLANS``: then start over)."""
@@ -445,7 +444,8 @@ class Engine:
         self._round_started = None
         self._running.clear()
         newly = self.ft.recover()
-        self.layout = self.layout.survivors(self.ft.members)
+        self.mailbox.free()
+        self.mailbox = negotiation.mailbox_for(self.size, self.rank, self.ft.members)
         if epoch is not None:
             for tensor, copy in epoch.saved:
                 tensor.copy_(copy)
@@ -473,9 +473,9 @@ class Engine:
                     return False     # one epoch at a time
                 self._open_epoch()
                 self._start_round(self._agreed_round(negotiation.negotiate(
-                    self.ctrl_comm, self.layout, list(self._pending), blocked)))
+                    self.ctrl_comm, self.mailbox, list(self._pending), blocked)))
             else:
-                self._start_round(negotiation.negotiate(self.ctrl_comm, self.layout,
+                self._start_round(negotiation.negotiate(self.ctrl_comm, self.mailbox,
                                                         list(self._pending), blocked))
         entry = self._round
         if entry.waiting and not mpi().Request.Testall(entry.waiting):
@@ -503,7 +503,7 @@ class Engine:
         self._round_started, self._stall_warned = time.monotonic(), False
         self._waiting_for = [req.name for req in self._pending[:5]]
 
-    def _apply(self, decision: negotiation.Decision):
+    def _apply(self, decision: Decision):
         if self._epoch is not None:
             if decision.ready:
                 self.ft.begin_phase()         # the kernel phase, which ends in an agreement
@@ -540,17 +540,11 @@ class Engine:
     def _launch(self, group: List[Request], dim0s, negotiated: bool, carried=None):
         """Start one kernel for ``group`` (one request, or several fused ones)."""
         req = group[0]
-        self.stats["kernels"] += 1
-        if len(group) > 1:
-            self.stats["fused_requests"] += len(group)
-        if carried is not None:
-            self.stats["carried"] += 1
+        seq = self._count_kernel(len(group), carried is not None)
         if negotiated:
-            launch = Launch(seq=self._seq, tag=64 + self._seq % self._tag_span, dim0s=dim0s,
-                            carried=carried)
+            launch = Launch(seq=seq, tag=64 + seq % self._tag_span, dim0s=dim0s, carried=carried)
         else:
-            launch = Launch(seq=self._seq, tag=_SKIP_TAG, dim0s=None)
-        self._seq += 1
+            launch = Launch(seq=seq, tag=_SKIP_TAG, dim0s=None)
         epoch = self._epoch
         if epoch is not None:
             epoch.requests += group
@@ -572,9 +566,21 @@ class Engine:
         self._running.append(entry)
         self._step(entry)
 
+    def _count_kernel(self, requests: int, carried: bool) -> int:
+        """Account for one kernel (of ``requests`` fused requests); return its sequence number.
+        Every rank counts every negotiated kernel, lone rounds included, so tags agree."""
+        seq = self._seq
+        self._seq += 1
+        self.stats["kernels"] += 1
+        if requests > 1:
+            self.stats["fused_requests"] += requests
+        if carried:
+            self.stats["carried"] += 1
+        return seq
+
     def _checked(self, req: Request, kernel):
         """Skip-negotiate mode: the topology check is its own collective before the data moves."""
-        yield from negotiation.check_topology(self.ctrl_comm, self.layout, req)
+        yield from negotiation.check_topology(self.ctrl_comm, self.mailbox, req)
         return (yield from kernel)
 
     def _step(self, entry: _Running) -> bool:
@@ -669,7 +675,7 @@ class Engine:
             for req in leftovers:
                 self._finish(req, error=ShutdownError(SHUT_DOWN))
             try:
-                self.layout.free()
+                self.mailbox.free()
             except Exception:  # MPI may already be finalized at interpreter exit
                 pass
             for comm in (self.data_comm, self.ctrl_comm):

@@ -3,10 +3,13 @@
 A loop of ``bf.allreduce(x, name=...)`` or ``bf.neighbor_allreduce(x, name=...)`` needs one
 negotiation round per call, and in a point-to-point round a lone small op sends its data along
 with its record (negotiation.py, "carried data"), so that round is the whole op.  A
-:class:`LoneRound` prepares it once per op, dtype and shape: the record this rank sends, the
-records it expects from the others, where its data goes and where the others' arrive, and
-persistent requests.  A call then copies the tensor in, starts and waits for the requests,
-compares the records, and computes the result from the receive buffer.
+:class:`LoneRound` prepares it once per op, dtype and shape: the record this rank sends and
+the records it expects from the others (both made by ``Record.encode``, the one record builder,
+as an ordinary round of this one op makes them), where its data goes and where the others'
+arrive, and persistent requests (the mailbox's).  A call then copies the tensor in, starts and
+waits for the requests, checks that every record is the expected one, and computes the result
+from the receive buffer.  The decision such a table gets was taken once, when the round was
+prepared, by ``Record.decide_fast``: the check only says the table is that one again.
 
 The messages are exactly those of an ordinary round, so ranks on this path and ranks that are not
 (another op pending, a nonblocking call) agree.  When a record differs from the expected one, the
@@ -14,8 +17,8 @@ engine reads the round in full as it reads any round (:meth:`Engine.run_lone`).
 
 Example::
 
-    plan = LoneAllreduce(layout, request, tensor, divisor=1, inplace=False)
-    if plan.fits(tensor) and plan.exchange(comm, layout, tensor):
+    plan = LoneAllreduce(box, request, tensor, divisor=1, inplace=False)
+    if plan.fits(tensor) and plan.exchange(comm, box, tensor):
         total = plan.result(tensor)
 """
 
@@ -24,10 +27,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bluefog.engine.kernels import summed_rows
+from bluefog.engine.averaging import summed_rows
+from bluefog.engine.mailbox import Mailbox
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
-from bluefog.engine.negotiation import Layout
 from bluefog.engine.request import Request
 
 
@@ -38,21 +41,23 @@ class LoneRound:
     __slots__ = ("name", "dtype", "shape", "record", "header", "expected", "start", "length", "mine",
                  "data_to", "record_to", "delivered")
 
-    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor,
+    def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
                  carried_to: Sequence[Sequence[int]]):
-        me, digest, dim0 = layout.me, request.digest(), request.dim0
+        record, me = box.record, box.record.me
         self.name = request.name
         self.dtype = tensor.dtype
         self.shape = tensor.shape
-        self.record = layout.lone_record(digest, dim0, carried_to[me])
+        table = [record.encode([request], True, carried_to[r]) for r in range(record.size)]
+        decision = record.decide_fast(table, [request])
+        assert decision is not None and len(decision.ready) == 1 and not decision.errors
+        self.record = table[me]
         self.header = np.array(self.record, dtype=np.uint64).view(np.uint8)
-        self.expected = [(r, layout.lone_record(digest, dim0, carried_to[r])[1:])
-                         for r in layout.others]
+        self.expected = [(r, table[r][1:]) for r in record.others]   # (any rank may be blocked)
         self.start = self.header.nbytes
         self.length = self.start + request.nbytes
-        self.mine = layout.outbox[self.start:self.length].view(NUMPY_DTYPES[tensor.dtype])
+        self.mine = box.outbox[self.start:self.length].view(NUMPY_DTYPES[tensor.dtype])
         self.data_to = tuple(carried_to[me])
-        self.record_to = tuple(r for r in layout.others if r not in self.data_to)
+        self.record_to = tuple(r for r in record.others if r not in self.data_to)
         self.delivered = frozenset(self.data_to)
 
     @staticmethod
@@ -66,39 +71,39 @@ class LoneRound:
         return (self.may_take(tensor) and tensor.dtype is self.dtype
                 and tensor.shape == self.shape)
 
-    def exchange(self, comm, layout: Layout, tensor: torch.Tensor) -> bool:
+    def exchange(self, comm, box: Mailbox, tensor: torch.Tensor) -> bool:
         """Run the round: send this rank's record (with its data where it carries it), receive
         everyone's.  True when every record is the expected one (the op is decided, its data
         here)."""
         MPI = mpi()
-        layout.outbox[:self.start] = self.header
+        box.outbox[:self.start] = self.header
         np.copyto(self.mine, tensor.numpy().reshape(-1))
-        layout.mine_list = self.record
-        requests = layout.receives(comm) + layout.sends(comm, self.length, self.data_to)
+        box.mine_list = self.record
+        requests = box.receives(comm) + box.sends(comm, self.length, self.data_to)
         if self.record_to:
-            requests = requests + layout.sends(comm, self.start, self.record_to)
+            requests = requests + box.sends(comm, self.start, self.record_to)
         MPI.Prequest.Startall(requests)
         MPI.Request.Waitall(requests)
-        rows = layout.first_heads.tolist()
+        rows = box.first_heads.tolist()
         return all(rows[r][1:] == words for r, words in self.expected)
 
-    def data_of(self, layout: Layout, rank: int) -> np.ndarray:
+    def data_of(self, box: Mailbox, rank: int) -> np.ndarray:
         """Where ``rank``'s data lands in the inbox (as bytes; this rank's own: its outbox)."""
-        return layout.inbox[rank, self.start:self.length]
+        return box.inbox[rank, self.start:self.length]
 
 
 class LoneAllreduce(LoneRound):
     """allreduce / allreduce_: every rank carries to every other; the rows are added in rank order
-    (``kernels.summed_rows``, as the engine's carried allreduce does)."""
+    (``averaging.summed_rows``, as the engine's carried allreduce does)."""
 
     __slots__ = ("divisor", "inplace", "stacked")
 
-    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor, divisor: int,
+    def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor, divisor: int,
                  inplace: bool):
-        super().__init__(layout, request, tensor, layout.all_but)
+        super().__init__(box, request, tensor, box.record.all_but)
         self.divisor = divisor
         self.inplace = inplace
-        self.stacked = layout.inbox[:, self.start:self.length]
+        self.stacked = box.inbox[:, self.start:self.length]
 
     def result(self, tensor: torch.Tensor) -> torch.Tensor:
         """The op's output once :meth:`exchange` returned True."""
@@ -112,11 +117,11 @@ class LoneNeighborAllreduce(LoneRound):
 
     __slots__ = ("combine", "parts")
 
-    def __init__(self, layout: Layout, request: Request, tensor: torch.Tensor,
+    def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
                  out_neighbors: Sequence[Sequence[int]], recvs: Sequence[int], combine):
-        super().__init__(layout, request, tensor, out_neighbors)
+        super().__init__(box, request, tensor, out_neighbors)
         self.combine = combine
-        self.parts = [self.data_of(layout, r) for r in recvs]
+        self.parts = [self.data_of(box, r) for r in recvs]
 
     def result(self, tensor: torch.Tensor) -> torch.Tensor:
         """The op's output once :meth:`exchange` returned True."""

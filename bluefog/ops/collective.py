@@ -71,7 +71,7 @@ def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
     key = None if name is None or is_hierarchical_local else ("allreduce", name, average, inplace)
     return blocking_lone(live_context(), key, tensor, lambda: _allreduce_request(*args),
                          lambda request, engine: LoneAllreduce(
-                             engine.layout, request, tensor, engine.size if average else 1, inplace))
+                             engine.mailbox, request, tensor, engine.size if average else 1, inplace))
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None):

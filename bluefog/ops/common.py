@@ -9,7 +9,7 @@ import torch
 from bluefog import context
 from bluefog.engine import Handle, Request, cuda
 from bluefog.engine.lone import LoneRound
-from bluefog.engine.negotiation import CARRY_MAX
+from bluefog.engine.mailbox import CARRY_MAX
 from bluefog.engine.request import Launch
 from bluefog.errors import ArgumentAssertionError
 

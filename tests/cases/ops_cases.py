@@ -440,7 +440,7 @@ def case_small_neighbor_allreduce_data_rides_with_the_round():
     of two): same bits as the plain exchange (skip-negotiate mode), for static, weighted and
     dynamic weights; larger tensors and bursts of several ops take the usual exchange."""
     from bluefog import context
-    from bluefog.engine.negotiation import CARRY_MAX
+    from bluefog.engine.mailbox import CARRY_MAX
     r, n = bf.rank(), bf.size()
     stats = context.current().engine.stats
     ins = bf.in_neighbor_ranks()
@@ -545,7 +545,7 @@ def case_blocking_allreduce_alone_meets_other_work_on_other_ranks():
         assert out.dtype == dtype and out.shape == t.shape
         assert torch.equal(out, torch.full(shape, n * (n + 1) // 2, dtype=dtype)), out
     assert stats["lone"] >= before + 4 and stats["lone"] > lone, "blocking allreduce ran no lone round"
-    from bluefog.engine.negotiation import MAX_PERSISTENT_SENDS
+    from bluefog.engine.mailbox import MAX_PERSISTENT_SENDS
     for count in range(1, MAX_PERSISTENT_SENDS + 9):   # more message lengths than are kept
         out = bf.allreduce(torch.full((count,), r + 1.0), average=False, name=f"lone.len{count % 3}")
         assert out.tolist() == [n * (n + 1) / 2] * count, (count, out)
