@@ -122,15 +122,7 @@ def run_benchmark(parser: argparse.ArgumentParser, script: str, measure, report)
     if args.side:
         measure(args)
         return
-    passed = []
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "np", "pairs", "side", "json"):
-            continue
-        value = getattr(args, action.dest)
-        if isinstance(action, argparse._StoreTrueAction):
-            passed += [action.option_strings[0]] if value else []
-        else:
-            passed.append(f"{action.option_strings[0]}={value}")
+    passed = _without(sys.argv[1:], ("--np", "--pairs", "--json"))
     report(args, alternate(script, passed, args.np, args.pairs))
 
 
@@ -186,3 +178,16 @@ def ratio(ours: Stat, floor: Stat) -> str:
     """Ratio of medians, with the range of the per-pair ratios."""
     pairs = [o / f for o, f in zip(ours.values, floor.values)]
     return f"{ours.median / floor.median:.2f}x ({min(pairs):.2f}–{max(pairs):.2f})"
+
+
+def _without(argv, options):
+    """``argv`` less the driver's own ``options`` (as ``--name value`` or ``--name=value``)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in options:
+            skip = True
+        elif not token.startswith(tuple(option + "=" for option in options)):
+            kept.append(token)
+    return kept
