@@ -67,7 +67,7 @@ def init(topology_fn: Optional[Callable[[int], nx.DiGraph]] = None, is_weighted:
     ctx = context.create()
     settings = config.read()
     _configure_logging(ctx.rank, settings.log_level, settings.log_hide_time)
-    memory.recycler.limit = settings.output_pool_mb << 20
+    memory.pool.limit = settings.output_pool_mb << 20       # the one buffer pool's limit
     global _unknown_checked
     if not _unknown_checked and ctx.rank == 0:
         for name in config.unknown_names():

@@ -20,7 +20,7 @@ NODES_PER_MACHINE = "BLUEFOG_NODES_PER_MACHINE"
 OPS_ON_CPU = "BLUEFOG_OPS_ON_CPU"
 MAX_WIN_SENT_LENGTH = "BLUEFOG_MAX_WIN_SENT_LENGTH"
 START_TIMEOUT = "BLUEFOG_START_TIMEOUT"
-OUTPUT_POOL_MB = "BLUEFOG_OUTPUT_POOL_MB"
+OUTPUT_POOL_MB = "BLUEFOG_OUTPUT_POOL_MB"         # limit of the engine's one buffer pool
 FAILURE_DIR = "BLUEFOG_FAILURE_DIR"
 FAULT_TOLERANT = "BLUEFOG_FAULT_TOLERANT"       # 1 under `mpirun --with-ft ulfm` (bfrun --fault-tolerant)
 FAILURE_TIMEOUT = "BLUEFOG_FAILURE_TIMEOUT"     # read by bfrun: seconds before a frozen rank is dead
@@ -59,7 +59,7 @@ class Settings:
     nodes_per_machine: Optional[int] = None
     ops_on_cpu: bool = False
     max_win_sent_length: int = 1 << 20
-    output_pool_mb: int = 256
+    output_pool_mb: int = 1024
     fault_tolerant: bool = False
 
 

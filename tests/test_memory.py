@@ -52,7 +52,7 @@ def test_outputs_keep_their_shape_dtype_and_values():
 
 
 def test_a_dropped_output_is_reused_and_a_kept_one_is_not():
-    pool = memory.recycler
+    pool = memory.pool
     first = memory.empty((1 << 18,), torch.float32)          # 1 MB
     address = first.data_ptr()
     kept = first[10:20]                                      # a view keeps the block in use
@@ -72,7 +72,7 @@ def test_a_dropped_output_is_reused_and_a_kept_one_is_not():
 
 
 def test_the_pool_keeps_at_most_its_limit():
-    pool = memory.Recycler(limit_bytes=3 << 20, per_size=8)
+    pool = memory.BufferPool(limit_bytes=3 << 20, per_size=8)
     blocks = [pool.tensor((1 << 18,), torch.float32) for _ in range(6)]   # 1 MB each
     del blocks
     gc.collect()
@@ -92,7 +92,7 @@ def test_large_outputs_sit_on_huge_pages_where_the_kernel_offers_them():
 
 
 def test_a_pool_of_zero_gives_plain_resizable_tensors():
-    pool, limit = memory.recycler, memory.recycler.limit
+    pool, limit = memory.pool, memory.pool.limit
     try:
         pool.limit = 0                                     # BLUEFOG_OUTPUT_POOL_MB=0 at bf.init()
         out = memory.empty((1 << 18,), torch.float32)

@@ -5,7 +5,6 @@ the op's output tensor.  Arithmetic is delegated to a ``combine`` callable from 
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
-import threading
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,43 +16,6 @@ from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
-
-
-class ScratchPool:
-    """Receive buffers reused across ops (taken by kernels, given back by them or by the caller
-    that combined what arrived).
-
-    Fresh multi-megabyte buffers cost page faults on every call (measured: a 16M-element neighbor
-    exchange took twice as long with fresh receive buffers), so receive slots are kept for reuse,
-    up to ``limit_bytes`` in total.
-    """
-
-    def __init__(self, limit_bytes: int = 1 << 30, per_shape: int = 2):
-        self.limit = limit_bytes
-        self.per_shape = per_shape
-        self.held = 0
-        self._free = {}
-        self._lock = threading.Lock()
-
-    def take(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        with self._lock:
-            stack = self._free.get((shape, dtype))
-            if stack:
-                buffer = stack.pop()
-                self.held -= buffer.nbytes
-                return buffer
-        return torch.empty(shape, dtype=dtype)
-
-    def give(self, buffer: torch.Tensor) -> None:
-        size = buffer.nbytes
-        with self._lock:      # (a torch.Size hashes and compares as the tuple take() was given)
-            stack = self._free.setdefault((buffer.shape, buffer.dtype), [])
-            if size and len(stack) < self.per_shape and self.held + size <= self.limit:
-                stack.append(buffer)
-                self.held += size
-
-
-scratch = ScratchPool()
 
 
 def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
@@ -180,11 +142,11 @@ def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence
     """Send (weighted copies of) ``tensor``; receive one tensor of its shape from each of ``recvs``.
 
     Returns the received slots stacked in the order of ``recvs`` (shape ``(len(recvs),) + shape``),
-    a scratch buffer: hand it back with ``scratch.give`` once it is no longer needed.  What
+    a pooled buffer (``memory.empty``) that returns to the pool when dropped.  What
     ``carried`` (a ``negotiation.Carried``) says already moved with the round is not sent again.
     """
     dtype = wire_dtype or tensor.dtype
-    slots = scratch.take((len(recvs),) + tuple(tensor.shape), dtype)
+    slots = memory.empty((len(recvs),) + tuple(tensor.shape), dtype)
     received = carried.received if carried is not None else {}
     delivered = carried.delivered if carried is not None else ()
     alive = getattr(comm, "alive", None)          # fault-tolerant mode (fault.LiveComm)
@@ -221,7 +183,7 @@ def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs
                        combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], carried=None,
                        defer: bool = False):
     """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``; with ``defer``,
-    return the received slots (a scratch buffer) for the caller to combine later."""
+    return the received slots for the caller to combine later."""
     if carried is not None and not defer:
         output = _combined_from_round(tensor, sends, recvs, combine, carried)
         if output is not None:
@@ -229,9 +191,7 @@ def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs
     slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
     if defer:
         return slots
-    output = combine(tensor, slots)
-    scratch.give(slots)
-    return output
+    return combine(tensor, slots)
 
 
 def _combined_from_round(tensor, sends, recvs, combine, carried):
@@ -261,14 +221,12 @@ def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, member
         total = tensor.to(work_dtype, copy=True)
         for part in parts:
             total += part.to(work_dtype)
-        scratch.give(parts)
         received = yield from exchange(comm, tag, total, machine_sends, machine_recvs, work_dtype)
         packed = torch.cat([total.unsqueeze(0), received]).contiguous()
-        scratch.give(received)
         yield [comm.Isend(wire(packed), dest=m, tag=tag) for m in others]
     else:
         yield from exchange(comm, tag, tensor, [(leader, None)], [])
-        packed = torch.empty((1 + len(machine_recvs),) + tuple(tensor.shape), dtype=work_dtype)
+        packed = memory.empty((1 + len(machine_recvs),) + tuple(tensor.shape), work_dtype)
         yield [comm.Irecv(wire(packed), source=leader, tag=tag)]
     return combine(packed[0], packed[1:]).to(tensor.dtype)
 
@@ -277,9 +235,7 @@ def pair_gossip(comm, tag: int, tensor: torch.Tensor, target: int,
                 combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
     """Swap tensors with ``target`` and combine."""
     slots = yield from exchange(comm, tag, tensor, [(target, None)], [target])
-    output = combine(tensor, slots)
-    scratch.give(slots)
-    return output
+    return combine(tensor, slots)
 
 
 def barrier(comm):
@@ -323,5 +279,4 @@ def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor,
             received = slots[:, start:start + size].reshape((len(recvs),) + tuple(tensor.shape))
             outputs.append(combine(tensor, received))
             start += size
-    scratch.give(slots)
     return outputs

@@ -1,24 +1,37 @@
-"""Fresh host buffers for op outputs: recycled when the caller drops them, and on transparent huge
-pages where the kernel offers them.
+"""The memory the engine keeps: one pool of host buffers, and bounded caches.
 
-A new multi-megabyte tensor costs one page fault per 4 KB page the first time it is written (the
-kernel maps and zeroes each page, and on a VM each fault is dear): an out-of-place allreduce of 1M
-float32 spent as long in page faults as in MPI.  Two remedies, both for CPU outputs of at least
-``RECYCLE_BYTES``:
+**The buffer pool.**  A new multi-megabyte tensor costs one page fault per 4 KB page the first time
+it is written (the kernel maps and zeroes each page, and on a VM each fault is dear): an
+out-of-place allreduce of 1M float32 spent as long in page faults as in MPI, and a 16M-element
+neighbor exchange took twice as long with fresh receive buffers.  So every large CPU buffer the
+engine makes -- op outputs and the receive buffers of kernels alike -- comes from :func:`empty`:
 
-* recycling: the output is a view of a block this module keeps; when the last tensor using it is
-  gone, the block comes back here and the next output of that size reuses it, already mapped
-  (at most ``PER_SIZE`` blocks per size and ``BLUEFOG_OUTPUT_POOL_MB`` in all are kept, 256 MB
-  unless set; 0 turns recycling off and outputs are plain ``torch.empty`` tensors);
-* huge pages: new blocks are advised ``MADV_HUGEPAGE`` (honoured when
-  ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``), one fault per 2 MB.
+* it is a view of a block kept here; when the last tensor using the block is dropped, the block
+  comes back by itself (nobody gives it back, so nobody can give it back too early) and the next
+  buffer of that many bytes reuses it, already mapped;
+* the pool keeps at most ``PER_SIZE`` idle blocks of one size and ``limit`` bytes of idle blocks in
+  all: ``BLUEFOG_OUTPUT_POOL_MB`` (read at ``bf.init()``, ``LIMIT_BYTES`` unless set); 0 turns the
+  pool off and every buffer is a plain ``torch.empty`` tensor;
+* buffers under ``POOL_BYTES`` are plain ``torch.empty`` tensors (the allocator serves those
+  without page faults, faster than the pool's bookkeeping);
+* new blocks are advised ``MADV_HUGEPAGE`` (honoured when
+  ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``): one fault per 2 MB.
+
+A pooled tensor is an ordinary tensor, except that its storage cannot be resized (``resize_``), as
+for any tensor made by ``torch.from_numpy``.
+
+**Bounded caches.**  :class:`BoundedCache` is a dict that forgets everything when it is full: the
+rule of the engine's small lookup caches (prepared messages, hashes of op signatures), whose keys
+repeat in a training loop but must not grow without end.
 
 Example::
 
     output = empty_like(tensor)      # what torch.empty_like gives, cheaper to fill when large
+    slots = empty((2,) + tuple(tensor.shape), tensor.dtype)   # dropped when done: back to the pool
 """
 
 import ctypes
+import math
 import sys
 import threading
 import weakref
@@ -27,9 +40,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from bluefog import config
+
 HUGE_PAGE = 2 << 20
-RECYCLE_BYTES = 64 << 10
-LIMIT_BYTES = 256 << 20
+POOL_BYTES = 64 << 10
+LIMIT_BYTES = config.Settings.output_pool_mb << 20     # BLUEFOG_OUTPUT_POOL_MB unless set
 PER_SIZE = 4
 _MADV_HUGEPAGE = 14
 NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64,
@@ -66,33 +81,44 @@ def prefer_huge_pages(address: int, nbytes: int) -> None:
         _advise(start, end - start, _MADV_HUGEPAGE)     # advice: failure changes nothing
 
 
-class Recycler:
-    """Blocks of host memory handed out as tensors and taken back when those are dropped."""
+class BufferPool:
+    """Blocks of host memory handed out as tensors, taken back when the last tensor using one is
+    dropped, and kept (at most ``per_size`` idle blocks of a size, ``limit`` idle bytes in all) for
+    the next tensor of the same number of bytes.  ``held``: the idle bytes kept now; ``made``:
+    how many blocks were allocated so far (a steady loop stops adding to it)."""
 
     def __init__(self, limit_bytes: int = LIMIT_BYTES, per_size: int = PER_SIZE):
         self.limit = limit_bytes
         self.per_size = per_size
         self.held = 0
+        self.made = 0
         self._free: Dict[int, List[np.ndarray]] = {}
-        # re-entrant: a garbage collection inside _give can drop another result, whose finalizer
-        # calls _give again on this thread
+        # re-entrant: a garbage collection inside _give can drop another pooled tensor, whose
+        # finalizer calls _give again on this thread
         self._lock = threading.RLock()
 
     def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """A new (uninitialised) CPU tensor of ``shape`` and ``dtype`` on a recycled block."""
-        kind = np.dtype(NUMPY_DTYPES[dtype])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
+        """A new (uninitialised) contiguous CPU tensor of ``shape`` and ``dtype`` on a block."""
+        nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
             stack = self._free.get(nbytes)
             block = stack.pop() if stack else None
             if block is not None:
                 self.held -= nbytes
+            else:
+                self.made += 1
         if block is None:
             block = np.empty(nbytes, dtype=np.uint8)
             prefer_huge_pages(block.ctypes.data, nbytes)
-        view = block.view(kind).reshape(shape)
-        weakref.finalize(view, self._give, block)     # the tensor keeps ``view`` alive
-        return torch.from_numpy(view)
+        # The tensor's storage keeps ``lent`` (a fresh numpy view of the block) alive, and every
+        # view of the tensor shares that storage: ``lent`` dies, and the block returns, with the
+        # last one.  (Typed in numpy when numpy has the dtype: half the cost of a torch view.)
+        kind = NUMPY_DTYPES.get(dtype)
+        lent = block.view(kind).reshape(shape) if kind is not None else block[:]
+        weakref.finalize(lent, self._give, block).atexit = False
+        if kind is not None:
+            return torch.from_numpy(lent)
+        return torch.from_numpy(lent).view(dtype).view(shape)
 
     def _give(self, block: np.ndarray) -> None:
         nbytes = block.nbytes
@@ -103,16 +129,14 @@ class Recycler:
                 self.held += nbytes
 
 
-recycler = Recycler()
+pool = BufferPool()
 
 
 def empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype)``, recycled and on huge pages when large."""
-    shape = tuple(int(d) for d in shape)
-    kind = NUMPY_DTYPES.get(dtype)
-    if (kind is not None and recycler.limit > 0
-            and np.prod(shape, dtype=np.int64) * np.dtype(kind).itemsize >= RECYCLE_BYTES):
-        return recycler.tensor(shape, dtype)
+    """``torch.empty(shape, dtype=dtype)`` (CPU), from the pool when large and the pool is on."""
+    shape = tuple(map(int, shape))     # (math.prod: np.prod costs 6 us per call)
+    if pool.limit > 0 and math.prod(shape) * dtype.itemsize >= POOL_BYTES:
+        return pool.tensor(shape, dtype)
     return torch.empty(shape, dtype=dtype)
 
 
@@ -128,3 +152,29 @@ def new_empty(tensor: torch.Tensor, shape) -> torch.Tensor:
     if not tensor.is_cpu:
         return tensor.new_empty(shape)
     return empty(shape, tensor.dtype)
+
+
+class BoundedCache(dict):
+    """A dict of at most ``limit`` entries: :meth:`put` into a full one first empties it.
+
+    For lookups whose keys repeat (the same tensors, the same ops, call after call): a loop refills
+    the few entries it uses at once, and keys that never come back cannot pile up.
+
+    Example::
+
+        cache = BoundedCache(64)
+        found = cache.get(key)
+        if found is None:
+            found = cache.put(key, make(key))
+    """
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value):
+        """``self[key] = value`` (emptying a full cache first); returns ``value``."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value

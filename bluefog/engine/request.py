@@ -5,6 +5,7 @@ import hashlib
 from typing import Any, Callable, Dict, FrozenSet, Generator, Optional, Tuple
 
 from bluefog.engine.handle import Handle
+from bluefog.engine.memory import BoundedCache
 
 # A kernel runs one op: it yields lists of MPI requests to wait for and returns the output.
 Kernel = Generator[list, None, Any]
@@ -58,12 +59,10 @@ class Request:
         key = (self.name, self.signature)
         found = _digests.get(key)
         if found is None:
-            if len(_digests) >= 4096:
-                _digests.clear()
             text = repr(key).encode()
-            found = _digests[key] = int.from_bytes(
-                hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+            found = _digests.put(key, int.from_bytes(
+                hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
         return found
 
 
-_digests: Dict[tuple, int] = {}
+_digests = BoundedCache(4096)

@@ -40,6 +40,7 @@ import torch
 
 from bluefog.engine.engine import Backoff
 from bluefog.engine.kernels import scaled
+from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import datatype, mpi
 
 WINDOW_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
@@ -97,8 +98,8 @@ class Window:
         self._seen = np.zeros(size, dtype=np.int64)
         self._gets = [0] * size
         self._lock = threading.Lock()
-        self._views: Dict[int, np.ndarray] = {}
-        self._plans: Dict[tuple, tuple] = {}                      # see _unit_plan
+        self._views = BoundedCache(16)       # see view_of
+        self._plans = BoundedCache(64)       # see _unit_plan
         self.unified = self.win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
         self.win.Lock_all(MPI.MODE_NOCHECK)
         self.open = True
@@ -116,10 +117,8 @@ class Window:
         ptr = tensor.data_ptr()
         found = self._views.get(ptr)
         if found is None:
-            if len(self._views) >= 16:
-                self._views.clear()
             memory = self.MPI.memory.fromaddress(ptr, self.nbytes) if self.nbytes else b""
-            found = self._views[ptr] = np.frombuffer(memory, dtype=self.np_dtype)
+            found = self._views.put(ptr, np.frombuffer(memory, dtype=self.np_dtype))
         return found
 
     # ------------------------------------------------------------------ one-sided transfers
@@ -200,14 +199,12 @@ class Window:
         """For ``tensor`` sent with weight 1 to every target, in one message each: ``(target,
         message, target spec)`` per target; None otherwise.  Kept by the tensor's address (which
         names the same bytes whichever tensor owns them later, see :meth:`view_of`)."""
-        if len(self._plans) >= 64:
-            self._plans.clear()
         view, plan = self.view_of(tensor), None
         if self.numel <= self.chunk and all(weight == 1.0 for _, weight in targets):
             message = [view, self.mpi_type]
             plan = [(t, message, self.slot_spec[t]) for t, _ in targets]
         # the entry keeps the view (its memory) and the targets (so their id stays theirs)
-        self._plans[(tensor.data_ptr(), id(targets))] = (view, targets, plan)
+        self._plans.put((tensor.data_ptr(), id(targets)), (view, targets, plan))
         return plan
 
     def _post(self, view, tensor, target, weight, accumulate, p_self):

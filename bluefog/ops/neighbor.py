@@ -210,10 +210,7 @@ def _renormalized_request(job, sig, tensor, defer, topology, sends, recvs, self_
 
 def _combine_received(combine, tensor, slots):
     """``synchronize`` step of a deferred op: average what arrived into ``tensor``."""
-    try:
-        return mix.combine_in_place(combine, tensor, slots)
-    finally:
-        kernels.scratch.give(slots)
+    return mix.combine_in_place(combine, tensor, slots)
 
 
 @_RENAMED
