@@ -1,7 +1,8 @@
 """Kernels: one generator per op kind that moves the data and returns the output.
 
 A kernel yields lists of MPI requests (the engine resumes it once all of them completed) and returns
-the op's output tensor.  Arithmetic is delegated to a ``combine`` callable from ``bluefog.ops``.
+the op's output tensor.  Arithmetic is in ``averaging``: ``summed_rows``, and the op's ``combine``
+(an ``averaging.Combine``, called with the received slots or with the round's bytes).
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from bluefog.engine import memory
+from bluefog.engine.averaging import summed_rows
 from bluefog.engine.fault import live_dim0s
 from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
 from bluefog.packing import pack, split_like
@@ -50,23 +52,6 @@ def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], diviso
         work.div_(divisor)
     if work is not output:
         output.copy_(work)
-    return output
-
-
-def summed_rows(stacked: np.ndarray, tensor: torch.Tensor, output: Optional[torch.Tensor],
-                divisor: int) -> torch.Tensor:
-    """The rows of ``stacked`` (every rank's ``tensor``, as bytes, one row per rank) added in rank
-    order in the compute dtype and divided by ``divisor``: into ``output``, or a new tensor when it
-    is None.  In numpy, which costs a tenth of torch per call on small tensors; the reduction over
-    rows adds them one after the other, so every rank gets the same bits."""
-    dtype = memory.NUMPY_DTYPES[tensor.dtype]
-    work = memory.NUMPY_DTYPES[compute_dtype(tensor.dtype)]
-    total = np.add.reduce(stacked.view(dtype), axis=0, dtype=work)
-    if divisor > 1:
-        np.divide(total, divisor, out=total)
-    if output is None:
-        return torch.from_numpy(total.astype(dtype, copy=False).reshape(tensor.shape))
-    np.copyto(output.numpy().reshape(-1), total, casting="unsafe")
     return output
 
 
@@ -195,14 +180,12 @@ def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs
 
 
 def _combined_from_round(tensor, sends, recvs, combine, carried):
-    """When everything moved with the round (all sent, all received): the combine computed
-    straight from the round's bytes, if the combine can (``of_bytes``); else None."""
-    of_bytes = getattr(combine, "of_bytes", None)
+    """When everything moved with the round (all sent, all received): ``combine`` (an
+    ``averaging.Combine``) applied straight to the round's bytes; else None."""
     received, delivered = carried.received, carried.delivered
-    if (of_bytes is None or any(d not in delivered for d, _ in sends)
-            or any(r not in received for r in recvs)):
+    if any(d not in delivered for d, _ in sends) or any(r not in received for r in recvs):
         return None
-    return of_bytes(tensor, [received[r] for r in recvs])
+    return combine(tensor, [received[r] for r in recvs])
 
 
 def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, members: Sequence[int],

@@ -1,22 +1,26 @@
-"""The arithmetic of neighbor averaging, shared by the neighbor, hierarchical and window ops.
+"""Which averaging formula an op applies, and with which weights: thin descriptions whose arithmetic
+lives in :mod:`bluefog.engine.averaging`.
 
-Numbers follow spec §3.2: float16 is computed in float32 and rounded once; uniform averages add
-everything and divide once; weighted sums add ``w_j * x_j`` in ascending source order and then the
-self term.
+A combine is called as ``combine(x, rows, out=None)`` (the :class:`~bluefog.engine.averaging.Combine`
+protocol the kernels use); ``rows`` may be stacked slots or the raw bytes that came with a round.
+
+Example::
+
+    avg = uniform()(x, received)                       # (x + sum of received) / (n + 1)
+    mix = weighted(0.5, [0.25, 0.25])(x, received)     # 0.25 r0 + 0.25 r1 + 0.5 x
 """
 
 import dataclasses
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 
-from bluefog.engine.mpi import compute_dtype
+from bluefog.engine import averaging
 
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
-    """``(x + sum of the chosen slots) / ((count + 1) * divisor_scale)`` (all slots when None).
+    """:func:`~bluefog.engine.averaging.uniform_average` over the chosen slots (all when None).
 
     Combines compare equal when they compute the same formula, so a fused kernel can apply one
     combine to the whole fused buffer.
@@ -25,104 +29,37 @@ class Uniform:
     slots: Optional[Tuple[int, ...]] = None
     divisor_scale: int = 1
 
-    def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-        chosen, divisor = self.terms(len(received))
-        if divisor == 1:
-            return x.clone()
-        if _numpy_ready(x, received):
-            return _numpy_uniform(x, received.numpy().reshape(received.shape[0], -1), chosen,
-                                  divisor)
-        work = compute_dtype(x.dtype)
-        if len(chosen):    # the first addition also allocates the result: one pass fewer
-            acc = torch.add(x.to(work), received[chosen[0]].to(work))
-            for k in chosen[1:]:
-                acc += received[k]
-        else:
-            acc = x.to(work, copy=True)
-        acc.div_(divisor)
-        return acc.to(x.dtype)
+    def __call__(self, x: torch.Tensor, rows, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return averaging.uniform_average(x, rows, self.slots, self.divisor_scale, out)
 
-    def terms(self, count: int):
-        """The slots added (of ``count`` received) and the divisor."""
-        chosen = range(count) if self.slots is None else self.slots
-        return chosen, (len(chosen) + 1) * self.divisor_scale
-
-    def of_bytes(self, x: torch.Tensor, parts) -> Optional[torch.Tensor]:
-        """``self(x, received)`` for received data given as raw bytes, one array per slot (as it
-        came with a negotiation round): no copy into slots first.  None where only the general
-        path applies (see :meth:`reads_bytes`)."""
-        chosen, divisor = self.terms(len(parts))
-        kind = _numpy_kind(x)
-        if divisor == 1 or kind is None:
-            return None
-        return _numpy_uniform(x, [part.view(kind) for part in parts], chosen, divisor)
+    # engine/lone.py still calls the combine by this name (bytes go to __call__ like any rows)
+    of_bytes = __call__
 
     def reads_bytes(self, x: torch.Tensor, count: int) -> bool:
-        """:meth:`of_bytes` computes the result for ``x`` and ``count`` received parts (it checks
-        the same): float32 / float64 on the CPU outside autograd, with something to average."""
-        return self.terms(count)[1] != 1 and _numpy_kind(x) is not None
+        """Worth computing from a round's bytes for ``x`` and ``count`` received rows: numpy
+        does it (:func:`~bluefog.engine.averaging.numpy_computes`) and there is something to
+        average."""
+        chosen = count if self.slots is None else len(self.slots)
+        return (chosen + 1) * self.divisor_scale != 1 and averaging.numpy_computes(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class Weighted:
-    """``(sum_k w_k * slot_k + self_weight * x) / divisor``; slots of weight 0 are left out."""
+    """:func:`~bluefog.engine.averaging.weighted_sum`:
+    ``(sum_k w_k * slot_k + self_weight * x) / divisor``; slots of weight 0 are left out."""
 
     self_weight: float
     slot_weights: Tuple[float, ...]
     divisor: int = 1
 
-    def __call__(self, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-        work = compute_dtype(x.dtype)
-        acc = x.new_zeros(x.shape, dtype=work)
-        for k, w in enumerate(self.slot_weights):
-            if w != 0:
-                acc.add_(received[k].to(work), alpha=w)
-        acc.add_(x.to(work), alpha=self.self_weight)
-        if self.divisor != 1:
-            acc /= self.divisor
-        return acc.to(x.dtype)
+    def __call__(self, x: torch.Tensor, rows, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return averaging.weighted_sum(x, rows, self.self_weight, self.slot_weights, self.divisor,
+                                      out)
 
 
-def _numpy_kind(x: torch.Tensor):
-    """numpy's dtype for a float32 / float64 CPU tensor outside autograd, else None: there numpy
-    does the arithmetic (the same IEEE additions and division as torch, at a fraction of torch's
-    per-call cost on small tensors)."""
-    dtype = x.dtype
-    if not x.is_cpu or x.requires_grad:
-        return None
-    return np.float32 if dtype is torch.float32 else np.float64 if dtype is torch.float64 else None
-
-
-def _numpy_ready(x: torch.Tensor, received) -> bool:
-    """``x`` and the stacked ``received`` slots can both be combined in numpy."""
-    return (_numpy_kind(x) is not None and type(received) is torch.Tensor
-            and received.dtype is x.dtype and received.is_cpu and not received.requires_grad)
-
-
-def _numpy_uniform(x: torch.Tensor, rows, chosen, divisor: int) -> torch.Tensor:
-    """:class:`Uniform` in numpy; ``rows[k]`` is slot k as a flat array of x's dtype."""
-    mine = x.numpy().reshape(-1)
-    if len(chosen):
-        acc = np.add(mine, rows[chosen[0]])
-        for k in chosen[1:]:
-            np.add(acc, rows[k], out=acc)
-    else:
-        acc = mine.copy()
-    np.divide(acc, divisor, out=acc)
-    return torch.from_numpy(acc.reshape(x.shape))
-
-
-def combine_in_place(combine, x: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-    """``x[...] = combine(x, received)``; a uniform combine in x's own precision needs no temporary
-    (the same additions in the same order, so the same bits)."""
-    if isinstance(combine, Uniform) and compute_dtype(x.dtype) == x.dtype:
-        chosen, divisor = combine.terms(received.shape[0])
-        for k in chosen:
-            x.add_(received[k])
-        if divisor != 1:
-            x.div_(divisor)
-        return x
-    return x.copy_(combine(x, received))
+def combine_in_place(combine, x: torch.Tensor, received) -> torch.Tensor:
+    """``x[...] = combine(x, received)``, returning ``x``."""
+    return combine(x, received, out=x)
 
 
 def uniform(slots=None, divisor_scale: int = 1) -> Uniform:

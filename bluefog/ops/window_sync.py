@@ -3,7 +3,7 @@
 ``win_update`` writes no remote memory (it reads the in-neighbours' put counts to clear the
 versions, one-sided).  It makes remote writes visible (``Win_sync``), combines
 the registered tensor with the neighbour buffers in place using the arithmetic shared with
-``neighbor_allreduce`` (``bluefog.ops.combine``), mirrors p when associated-p is on, optionally
+``neighbor_allreduce`` (``bluefog.engine.averaging``), mirrors p when associated-p is on, optionally
 zeroes the buffers it used, clears every version counter and refreshes the window's self region.
 ``bluefog.ops.window`` re-exports everything public here.
 """
@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from bluefog.engine import averaging
 from bluefog.engine.mpi import mpi
 from bluefog.engine.window import Window
-from bluefog.ops import combine as mix
 from bluefog.ops.common import check_float_weight, live_context
 from bluefog.timeline import tracer
 
@@ -61,34 +61,6 @@ def _plan(ctx, entry, self_weight, neighbor_weights):
     return float(self_weight), weights
 
 
-def _combine(x: torch.Tensor, slots: Sequence[torch.Tensor], self_weight: Optional[float],
-             weights: Optional[Sequence[float]]) -> torch.Tensor:
-    integer = not x.is_floating_point()
-    if integer:   # the shared arithmetic divides in place; do integer windows in float64
-        x = x.double()
-        slots = [s.double() for s in slots]
-    if self_weight is None:
-        result = mix.uniform(list(range(len(slots))))(x, slots)
-    else:
-        result = mix.weighted(self_weight, weights)(x, slots)
-    return result
-
-
-def _update_p(window: Window, in_ranks, self_weight, weights):
-    me, p = window.rank, window.p
-    if self_weight is None:
-        total = float(p[me])
-        for j in in_ranks:
-            total += float(p[j])
-        p[me] = total / (len(in_ranks) + 1)
-    else:
-        total = 0.0
-        for j, w in zip(in_ranks, weights):
-            if w != 0:
-                total += w * float(p[j])
-        p[me] = total + self_weight * float(p[me])
-
-
 def win_update(name: str, self_weight: Optional[float] = None,
                neighbor_weights: Optional[Dict[int, float]] = None, reset: bool = False,
                clone: bool = False, require_mutex: bool = False) -> torch.Tensor:
@@ -129,10 +101,13 @@ def win_update(name: str, self_weight: Optional[float] = None,
                     window.slots[j].copy_(host)
                     window.p[j] = window.p[window.rank]
             slot_weights = None if weights is None else [weights.get(j, 0.0) for j in in_ranks]
-            result = _combine(host, [window.slots[j] for j in in_ranks], own, slot_weights)
-            host.copy_(result)
+            averaging.window_combine(host, [window.slots[j] for j in in_ranks], own,
+                                     slot_weights, out=host)
             if ctx.associated_p and not clone:
-                _update_p(window, in_ranks, own, slot_weights)
+                p = window.p
+                p[window.rank] = averaging.associated_p(float(p[window.rank]),
+                                                        [float(p[j]) for j in in_ranks], own,
+                                                        slot_weights)
             if reset:
                 for j in used:
                     window.slots[j].zero_()
