@@ -243,7 +243,7 @@ def _lone_plan(ctx, engine, request, tensor) -> Optional[LoneNeighborAllreduce]:
     if not (isinstance(combine, mix.Uniform) and combine.reads_bytes(tensor, len(recvs))):
         return None
     out_neighbors = [neighbors(ctx.topology, r, incoming=False) for r in range(ctx.size)]
-    return LoneNeighborAllreduce(engine.layout, request, tensor, out_neighbors, recvs, combine)
+    return LoneNeighborAllreduce(engine.mailbox, request, tensor, out_neighbors, recvs, combine)
 
 
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
