@@ -11,10 +11,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from bluefog.averaging import compute_dtype, summed_rows
 from bluefog.engine import memory
-from bluefog.engine.averaging import summed_rows
 from bluefog.engine.fault import live_dim0s
-from bluefog.engine.mpi import compute_dtype, datatype, mpi, wire
+from bluefog.engine.mpi import datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bluefog.engine.averaging import summed_rows
+from bluefog.averaging import summed_rows
 from bluefog.engine.mailbox import Mailbox
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
@@ -112,7 +112,7 @@ class LoneAllreduce(LoneRound):
 
 class LoneNeighborAllreduce(LoneRound):
     """neighbor_allreduce on the static topology: each rank carries to its out-neighbors; the
-    result is ``combine.of_bytes`` of what came from the in-neighbors (as the engine's carried
+    result is the combine of what came from the in-neighbors (as the engine's carried
     neighbor_allreduce computes it)."""
 
     __slots__ = ("combine", "parts")
@@ -125,4 +125,4 @@ class LoneNeighborAllreduce(LoneRound):
 
     def result(self, tensor: torch.Tensor) -> torch.Tensor:
         """The op's output once :meth:`exchange` returned True."""
-        return self.combine.of_bytes(tensor, self.parts)
+        return self.combine(tensor, self.parts)

@@ -44,11 +44,6 @@ def wire(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which arithmetic on ``dtype`` data is done (float16 is computed in float32)."""
-    return torch.float32 if dtype in _WIRE_DTYPE else dtype
-
-
 def datatype(array: np.ndarray):
     """The MPI datatype of a numpy array's elements."""
     from mpi4py.util.dtlib import from_numpy_dtype

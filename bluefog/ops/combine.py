@@ -1,7 +1,7 @@
 """Which averaging formula an op applies, and with which weights: thin descriptions whose arithmetic
-lives in :mod:`bluefog.engine.averaging`.
+lives in :mod:`bluefog.averaging`.
 
-A combine is called as ``combine(x, rows, out=None)`` (the :class:`~bluefog.engine.averaging.Combine`
+A combine is called as ``combine(x, rows, out=None)`` (the :class:`~bluefog.averaging.Combine`
 protocol the kernels use); ``rows`` may be stacked slots or the raw bytes that came with a round.
 
 Example::
@@ -15,12 +15,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from bluefog.engine import averaging
+from bluefog import averaging
 
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
-    """:func:`~bluefog.engine.averaging.uniform_average` over the chosen slots (all when None).
+    """:func:`~bluefog.averaging.uniform_average` over the chosen slots (all when None).
 
     Combines compare equal when they compute the same formula, so a fused kernel can apply one
     combine to the whole fused buffer.
@@ -32,12 +32,9 @@ class Uniform:
     def __call__(self, x: torch.Tensor, rows, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         return averaging.uniform_average(x, rows, self.slots, self.divisor_scale, out)
 
-    # engine/lone.py still calls the combine by this name (bytes go to __call__ like any rows)
-    of_bytes = __call__
-
     def reads_bytes(self, x: torch.Tensor, count: int) -> bool:
         """Worth computing from a round's bytes for ``x`` and ``count`` received rows: numpy
-        does it (:func:`~bluefog.engine.averaging.numpy_computes`) and there is something to
+        does it (:func:`~bluefog.averaging.numpy_computes`) and there is something to
         average."""
         chosen = count if self.slots is None else len(self.slots)
         return (chosen + 1) * self.divisor_scale != 1 and averaging.numpy_computes(x)
@@ -45,7 +42,7 @@ class Uniform:
 
 @dataclasses.dataclass(frozen=True)
 class Weighted:
-    """:func:`~bluefog.engine.averaging.weighted_sum`:
+    """:func:`~bluefog.averaging.weighted_sum`:
     ``(sum_k w_k * slot_k + self_weight * x) / divisor``; slots of weight 0 are left out."""
 
     self_weight: float

@@ -3,7 +3,7 @@
 ``win_update`` writes no remote memory (it reads the in-neighbours' put counts to clear the
 versions, one-sided).  It makes remote writes visible (``Win_sync``), combines
 the registered tensor with the neighbour buffers in place using the arithmetic shared with
-``neighbor_allreduce`` (``bluefog.engine.averaging``), mirrors p when associated-p is on, optionally
+``neighbor_allreduce`` (``bluefog.averaging``), mirrors p when associated-p is on, optionally
 zeroes the buffers it used, clears every version counter and refreshes the window's self region.
 ``bluefog.ops.window`` re-exports everything public here.
 """
@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from bluefog.engine import averaging
+from bluefog import averaging
 from bluefog.engine.mpi import mpi
 from bluefog.engine.window import Window
 from bluefog.ops.common import check_float_weight, live_context

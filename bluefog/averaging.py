@@ -31,8 +31,6 @@ from typing import Optional, Protocol, Sequence, Union
 import numpy as np
 import torch
 
-from bluefog.engine.mpi import compute_dtype
-
 Rows = Union[torch.Tensor, Sequence[Union[torch.Tensor, np.ndarray]]]
 
 
@@ -46,6 +44,12 @@ class Combine(Protocol):
 
     def __call__(self, x: torch.Tensor, rows: Rows,
                  out: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic on ``dtype`` data is done in: float32 for the 16-bit floats (added up in
+    float32 and rounded once), else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def average_dtype(dtype: torch.dtype) -> torch.dtype:
