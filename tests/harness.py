@@ -42,9 +42,14 @@ def launch(case_file, size, env=None, timeout=600):
     runner = [sys.executable, os.path.join(HERE, "rank_runner.py"), os.path.join(CASES, case_file),
               out_dir]
     cmd = runner if size == 1 else [sys.executable, "-m", "bluefog.run.run", "-np", str(size)] + runner
-    full_env = dict(os.environ, **(env or {}))
+    return run_and_collect(cmd, size, out_dir, dict(os.environ, **(env or {})), timeout)
+
+
+def run_and_collect(cmd, size, out_dir, env, timeout):
+    """Run the job ``cmd``; return ({rank: the JSON each rank wrote to out_dir/rank<R>.json},
+    the tail of its output)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         output = proc.stdout[-4000:] + proc.stderr[-8000:]
     except subprocess.TimeoutExpired as expired:
         output = f"job timed out after {timeout} s\n{expired.stderr!s:.4000}"

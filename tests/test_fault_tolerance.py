@@ -6,7 +6,6 @@ test checks that every survivor finished, agrees on ``failed_ranks()`` and on th
 job's exit status is not checked (the launcher's reporting is tested with bfrun).
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 # bfrun --fault-tolerant's failure detector (shared memory + heartbeats: a death is seen in ~30 ms)
 from bluefog.run.mpi_command import FAULT_TOLERANT_MCA
+from harness import run_and_collect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "cases", "fault_cases.py")
@@ -74,19 +74,8 @@ def _run_once(scenario, size, env, timeout):
     full_env.update(env or {})
     if full_env.get("OMPI_ALLOW_RUN_AS_ROOT") is None and os.geteuid() == 0:
         full_env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    try:
-        proc = subprocess.run(_command(size, [CASES, scenario, out_dir]), capture_output=True,
-                              text=True, timeout=timeout, env=full_env)
-        output = proc.stdout[-4000:] + proc.stderr[-6000:]
-    except subprocess.TimeoutExpired as expired:
-        output = f"job timed out after {timeout} s\n{expired.stderr!s:.4000}"
-    facts = {}
-    for r in range(size):
-        path = os.path.join(out_dir, f"rank{r}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                facts[r] = json.load(f)
-    return facts, output
+    return run_and_collect(_command(size, [CASES, scenario, out_dir]), size, out_dir, full_env,
+                           timeout)
 
 
 def survivors(scenario, size, dead, env=None):
