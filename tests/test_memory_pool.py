@@ -141,7 +141,9 @@ def test_pooled_tensors_have_the_asked_dtype_shape_and_layout(fresh, dtype, shap
     reference = torch.empty(shape, dtype=dtype)
     assert out.dtype == dtype and out.shape == shape and out.is_contiguous()
     assert out.stride() == reference.stride() and not out.is_cuda
-    assert fresh.made == (1 if out.numel() * out.element_size() >= memory.POOL_BYTES else 0)
+    pooled = out.numel() * out.element_size() >= memory.POOL_BYTES
+    assert fresh.made == (1 if pooled else 0)
+    assert not pooled or out.data_ptr() % memory.ALIGN == 0     # as torch aligns its own
     values = (torch.arange(out.numel()) % 100).reshape(shape).to(dtype)
     out.copy_(values)
     assert torch.equal(out, values)
