@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bluefog.engine import negotiation
-from bluefog.engine.lone import LoneAllreduce
+from bluefog.engine.lone import LoneRound
 from bluefog.engine.mailbox import MAX_PERSISTENT_SENDS, Mailbox
 from bluefog.engine.record import (TOPOLOGY_MISMATCH, Record, decide_slow, summary,
                                    topology_mismatch)
@@ -147,11 +147,15 @@ def test_a_prepared_lone_round_expects_what_an_ordinary_round_sends():
     size, me = 3, 1
     request = op("a", nbytes=16, carry_to_all=True)
     box = Mailbox(Record(size, me), point_to_point=True)
-    plan = LoneAllreduce(box, request, torch.zeros(4), divisor=1, inplace=False)
+    plan = LoneRound(box, request, torch.zeros(4), box.record.all_but, None, lambda x, rows: rows)
     record = Record(size, me)
     assert plan.record == record.encode([request], True, record.others)
     for r, words in plan.expected:
         assert [1] + words == record.encode([request], True, record.all_but[r])
+    # its data rows are the inbox's, this rank's own the outbox, right after the record
+    box.inbox[:, plan.start:plan.length] = np.arange(size, dtype=np.float32).repeat(4)[:, None].view(
+        np.uint8).reshape(size, 16)
+    assert plan.result(None).view(np.float32).tolist() == [[r] * 4 for r in range(size)]
 
 
 # ---- the slow decision ---------------------------------------------------------------------------

@@ -17,17 +17,17 @@ engine reads the round in full as it reads any round (:meth:`Engine.run_lone`).
 
 Example::
 
-    plan = LoneAllreduce(box, request, tensor, divisor=1, inplace=False)
+    plan = LoneRound(box, request, tensor, box.record.all_but, None,
+                     lambda x, rows: averaging.summed_rows(rows, x))      # an allreduce's sum
     if plan.fits(tensor) and plan.exchange(comm, box, tensor):
         total = plan.result(tensor)
 """
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from bluefog.averaging import summed_rows
 from bluefog.engine.mailbox import Mailbox
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
@@ -35,14 +35,20 @@ from bluefog.engine.request import Request
 
 
 class LoneRound:
-    """The prepared round of one blocking op whose data rides with its record.  ``carried_to[r]``
-    lists the ranks rank ``r`` sends its data to (every rank runs the same op)."""
+    """The prepared round of one blocking op whose data rides with its record.
+
+    ``carried_to[r]`` lists the ranks rank ``r`` sends its data to (every rank runs the same op);
+    ``sources``: the ranks whose data the result reads, one flat byte row each (None: every rank's,
+    stacked in rank order, this rank's own included); ``compute(tensor, rows)`` makes the output
+    from them (an ``averaging`` formula, as the engine's kernel of the same op would).
+    """
 
     __slots__ = ("name", "dtype", "shape", "record", "header", "expected", "start", "length", "mine",
-                 "data_to", "record_to", "delivered")
+                 "data_to", "record_to", "delivered", "rows", "compute")
 
     def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
-                 carried_to: Sequence[Sequence[int]]):
+                 carried_to: Sequence[Sequence[int]], sources: Optional[Sequence[int]],
+                 compute: Callable[[torch.Tensor, object], torch.Tensor]):
         record, me = box.record, box.record.me
         self.name = request.name
         self.dtype = tensor.dtype
@@ -59,6 +65,10 @@ class LoneRound:
         self.data_to = tuple(carried_to[me])
         self.record_to = tuple(r for r in record.others if r not in self.data_to)
         self.delivered = frozenset(self.data_to)
+        # where the data lands in the inbox, as bytes (this rank's own row is its outbox)
+        inbox = box.inbox[:, self.start:self.length]
+        self.rows = inbox if sources is None else [inbox[r] for r in sources]
+        self.compute = compute
 
     @staticmethod
     def may_take(tensor) -> bool:
@@ -87,42 +97,6 @@ class LoneRound:
         rows = box.first_heads.tolist()
         return all(rows[r][1:] == words for r, words in self.expected)
 
-    def data_of(self, box: Mailbox, rank: int) -> np.ndarray:
-        """Where ``rank``'s data lands in the inbox (as bytes; this rank's own: its outbox)."""
-        return box.inbox[rank, self.start:self.length]
-
-
-class LoneAllreduce(LoneRound):
-    """allreduce / allreduce_: every rank carries to every other; the rows are added in rank order
-    (``averaging.summed_rows``, as the engine's carried allreduce does)."""
-
-    __slots__ = ("divisor", "inplace", "stacked")
-
-    def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor, divisor: int,
-                 inplace: bool):
-        super().__init__(box, request, tensor, box.record.all_but)
-        self.divisor = divisor
-        self.inplace = inplace
-        self.stacked = box.inbox[:, self.start:self.length]
-
     def result(self, tensor: torch.Tensor) -> torch.Tensor:
         """The op's output once :meth:`exchange` returned True."""
-        return summed_rows(self.stacked, tensor, tensor if self.inplace else None, self.divisor)
-
-
-class LoneNeighborAllreduce(LoneRound):
-    """neighbor_allreduce on the static topology: each rank carries to its out-neighbors; the
-    result is the combine of what came from the in-neighbors (as the engine's carried
-    neighbor_allreduce computes it)."""
-
-    __slots__ = ("combine", "parts")
-
-    def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
-                 out_neighbors: Sequence[Sequence[int]], recvs: Sequence[int], combine):
-        super().__init__(box, request, tensor, out_neighbors)
-        self.combine = combine
-        self.parts = [self.data_of(box, r) for r in recvs]
-
-    def result(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The op's output once :meth:`exchange` returned True."""
-        return self.combine(tensor, self.parts)
+        return self.compute(tensor, self.rows)

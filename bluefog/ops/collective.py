@@ -1,8 +1,9 @@
 """allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
 
+from bluefog.averaging import summed_rows
 from bluefog.engine import cuda, kernels, memory
 from bluefog.engine.engine import wait_request
-from bluefog.engine.lone import LoneAllreduce
+from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
                                 blocking, blocking_lone, check_tensor, live_context, require,
@@ -70,8 +71,15 @@ def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
     args = (tensor, average, is_hierarchical_local, name, inplace)
     key = None if name is None or is_hierarchical_local else ("allreduce", name, average, inplace)
     return blocking_lone(live_context(), key, tensor, lambda: _allreduce_request(*args),
-                         lambda request, engine: LoneAllreduce(
-                             engine.mailbox, request, tensor, engine.size if average else 1, inplace))
+                         lambda request, engine: _lone_plan(engine, request, tensor, average, inplace))
+
+
+def _lone_plan(engine, request, tensor, average, inplace) -> LoneRound:
+    """The lone round of a blocking allreduce: every rank carries to every other; the rows are
+    added in rank order (``summed_rows``, as the kernel of an allreduce carried to all does)."""
+    divisor = engine.size if average else 1
+    return LoneRound(engine.mailbox, request, tensor, engine.mailbox.record.all_but, None,
+                     lambda x, rows: summed_rows(rows, x, x if inplace else None, divisor))
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None):

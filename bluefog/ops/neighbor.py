@@ -6,7 +6,7 @@ import numpy as np
 
 from bluefog.context import neighbors
 from bluefog.engine import cuda, kernels
-from bluefog.engine.lone import LoneNeighborAllreduce
+from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
 from bluefog.ops import combine as mix
 from bluefog.ops.common import (FLOAT_DTYPES, MOVE_DTYPES, Submission, blocking, blocking_lone,
@@ -236,14 +236,14 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
                          lambda request, engine: _lone_plan(ctx, engine, request, tensor))
 
 
-def _lone_plan(ctx, engine, request, tensor) -> Optional[LoneNeighborAllreduce]:
+def _lone_plan(ctx, engine, request, tensor) -> Optional[LoneRound]:
     """The lone round of a static ``neighbor_allreduce`` whose result numpy computes from the
     received bytes (a uniform average of float32 / float64 with at least one in-neighbor)."""
     _, recvs, combine, _ = _static_plan(ctx)
     if not (isinstance(combine, mix.Uniform) and combine.reads_bytes(tensor, len(recvs))):
         return None
     out_neighbors = [neighbors(ctx.topology, r, incoming=False) for r in range(ctx.size)]
-    return LoneNeighborAllreduce(engine.mailbox, request, tensor, out_neighbors, recvs, combine)
+    return LoneRound(engine.mailbox, request, tensor, out_neighbors, recvs, combine)
 
 
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
