@@ -26,7 +26,6 @@ Runtime model
 import collections
 import contextlib
 import logging
-import os
 import threading
 import time
 from typing import Callable, List, Optional
@@ -36,6 +35,7 @@ from bluefog.engine import fault, negotiation
 from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
 from bluefog.engine.mpi import mpi
+from bluefog.engine.polling import CALLER_SPINS, Backoff
 from bluefog.engine.record import Decision
 from bluefog.engine.request import Launch, Request
 from bluefog.errors import SHUT_DOWN, ShutdownError
@@ -48,38 +48,7 @@ _DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_
                    "is currently being processed: '{}'. Wait for it (bf.synchronize) or use another name.")
 _STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
 _SKIP_TAG = 7
-_CALLER_SPINS = 200
 MAX_LONE_PLANS = 256        # prepared lone rounds kept (lone.py)
-
-
-class Backoff:
-    """Poll politely: yield the CPU a few times, then sleep with growing pauses, at most ``brisk``
-    for the first ``brisk_for`` seconds without progress and at most ``longest`` after that."""
-
-    def __init__(self, longest: float = 1e-3, spins: int = 20, brisk: float = 1e-3,
-                 brisk_for: float = 0.0):
-        self.longest = longest
-        self.spins = spins
-        self.brisk = min(brisk, longest)
-        self.brisk_for = brisk_for
-        self.reset()
-
-    def reset(self):
-        self._spins = 0
-        self._pause = 2e-5
-        self._since = None
-
-    def pause(self):
-        if self._spins < self.spins:
-            self._spins += 1
-            os.sched_yield()
-            return
-        now = time.monotonic()
-        if self._since is None:
-            self._since = now
-        time.sleep(self._pause)
-        cap = self.brisk if now - self._since < self.brisk_for else self.longest
-        self._pause = min(self._pause * 2, cap)
 
 
 def _complete(waiting) -> bool:
@@ -89,13 +58,6 @@ def _complete(waiting) -> bool:
     if type(waiting) is DeviceWait:
         return waiting.done()
     return mpi().Request.Testall(waiting)
-
-
-def wait_request(request) -> None:
-    """Wait for one MPI request on the calling thread, politely (no busy spin past a short while)."""
-    backoff = Backoff(spins=_CALLER_SPINS)
-    while not request.Test():
-        backoff.pause()
 
 
 class _Running:
@@ -345,7 +307,7 @@ class Engine:
                 if backoff is not None:
                     backoff.reset()
             else:
-                backoff = backoff or Backoff(spins=_CALLER_SPINS)
+                backoff = backoff or Backoff(spins=CALLER_SPINS)
                 backoff.pause()
 
     def _drive_once(self, timeout: float) -> bool:

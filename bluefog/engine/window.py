@@ -38,7 +38,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from bluefog.engine.engine import Backoff
+from bluefog.engine.polling import Backoff
 from bluefog.engine.kernels import scaled
 from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import datatype, mpi

@@ -2,7 +2,7 @@
 
 from bluefog.averaging import summed_rows
 from bluefog.engine import cuda, kernels, memory
-from bluefog.engine.engine import wait_request
+from bluefog.engine.polling import wait_request
 from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
 from bluefog.ops.common import (ALLREDUCE_DTYPES, FLOAT_DTYPES, MOVE_DTYPES, Submission,
