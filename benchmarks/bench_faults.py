@@ -76,16 +76,13 @@ def rank_cost(out_dir):
 
 # ----------------------------------------------------------------------------- driver side
 def command(size, args, fault_tolerant):
-    from bluefog.run.mpi_command import FAULT_TOLERANT_MCA, find_launcher
+    from bluefog.run.mpi_command import fault_tolerant_flags, find_launcher
     cmd = [find_launcher(), "-np", str(size), "--oversubscribe", "--bind-to", "none",
            "--mca", "mpi_yield_when_idle", "1", "--mca", "osc", "^ucx"]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     if fault_tolerant:
-        cmd += ["--with-ft", "ulfm"]
-        for name, value in FAULT_TOLERANT_MCA:
-            cmd += ["--mca", name, value]
-        cmd += ["-x", "BLUEFOG_FAULT_TOLERANT=1"]
+        cmd += fault_tolerant_flags({}) + ["-x", "BLUEFOG_FAULT_TOLERANT=1"]
     return cmd + ["-x", f"PYTHONPATH={ROOT}", sys.executable] + args
 
 

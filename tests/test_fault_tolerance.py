@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 # bfrun --fault-tolerant's failure detector (shared memory + heartbeats: a death is seen in ~30 ms)
-from bluefog.run.mpi_command import FAULT_TOLERANT_MCA
+from bluefog.run.mpi_command import fault_tolerant_flags
 from harness import run_and_collect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,9 +38,7 @@ def _command(size, script_args, ulfm=True):
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     if ulfm:
-        cmd += ["--with-ft", "ulfm"]
-        for name, value in FAULT_TOLERANT_MCA:
-            cmd += ["--mca", name, value]
+        cmd += fault_tolerant_flags({})
     for name in ("BLUEFOG_FAULT_TOLERANT", "PYTHONPATH", "FAULT_OPTIMIZER"):
         cmd += ["-x", name]
     return cmd + [sys.executable] + script_args

@@ -63,7 +63,7 @@ FAULT_TOLERANT_MCA = (
 
 __all__ = ["Launcher", "LauncherError", "find_launcher", "identify_launcher", "child_env",
            "forwarded_names", "build_command", "check_fault_tolerance", "watched_command",
-           "OPEN_MPI", "HYDRA", "FAULT_TOLERANT_MCA"]
+           "fault_tolerant_flags", "OPEN_MPI", "HYDRA", "FAULT_TOLERANT_MCA"]
 
 
 class LauncherError(RuntimeError):
@@ -202,11 +202,7 @@ def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
     if _is_root(as_root):
         argv.append("--allow-run-as-root")
     if cfg.fault_tolerant:
-        argv += ["--with-ft", "ulfm"]
-        for name, value in FAULT_TOLERANT_MCA:
-            if name == "mpi_ft_detector_timeout":
-                value = _failure_timeout(env) or value
-            argv += ["--mca", name, value]
+        argv += fault_tolerant_flags(env)
     if not cfg.use_infiniband:
         argv += ["--mca", "btl", "^openib", "--mca", "osc", "^ucx"]
     elif launcher.version and launcher.version[0] < 5:
@@ -225,6 +221,17 @@ def build_command(cfg: LaunchConfig, launcher: Launcher, env: Mapping[str, str],
         if name not in skip:
             argv += ["-x", name]
     return argv + watched_command(cfg.command)
+
+
+def fault_tolerant_flags(env: Mapping[str, str]) -> List[str]:
+    """Open MPI's ``--with-ft ulfm`` and the failure detector's settings (``FAULT_TOLERANT_MCA``;
+    a number in ``env[BLUEFOG_FAILURE_TIMEOUT]`` replaces the timeout)."""
+    flags = ["--with-ft", "ulfm"]
+    for name, value in FAULT_TOLERANT_MCA:
+        if name == "mpi_ft_detector_timeout":
+            value = _failure_timeout(env) or value
+        flags += ["--mca", name, value]
+    return flags
 
 
 def _hydra_command(cfg: LaunchConfig, launcher: Launcher) -> List[str]:
