@@ -425,11 +425,13 @@ DEATH_PROGRAM = textwrap.dedent("""
 """)
 
 
-# Under ULFM, Open MPI 5.0 now and then crashes every rank inside MPI_Init (a segfault in
-# ompi_comm_revoke_local, reached from ompi_mpi_init's progress loop), before any rank of the job
-# ran a line of its own: seen in about one CI run of three on this 2-core machine, with or without
-# a death to come (docs/fault-tolerance.md). Such a job says nothing about bfrun; it runs again once.
-MPI_INIT_CRASH = "ompi_mpi_init"
+# Under ULFM, Open MPI 5.0 now and then segfaults inside its own code: every rank inside MPI_Init
+# (in ompi_comm_revoke_local, reached from ompi_mpi_init's progress loop), or one rank early in
+# the job at a null address (once in CI: rank 2 died of SIGSEGV 1.3 s in, before it killed
+# itself). Measured: about 1 fault-tolerant bfrun job in 12 (docs/fault-tolerance.md). The "ft"
+# program below never segfaults by itself, so a job in which Open MPI's signal handler reported a
+# crash says nothing about bfrun; it runs again, at most twice.
+OPEN_MPI_CRASH = "*** Process received signal ***"
 
 
 def _death_run(tmp_path, how, flags=(), np=4):
@@ -490,7 +492,9 @@ def test_failure_without_record(tmp_path):
 @pytest.mark.timeout(150)
 def test_fault_tolerant_job_reports_the_death_and_succeeds(tmp_path):
     done = _death_run(tmp_path, "ft", ["--fault-tolerant", "--verbose"])
-    if MPI_INIT_CRASH in done.stderr:   # Open MPI's ULFM, not the launcher: see the note above
+    for _ in range(2):
+        if OPEN_MPI_CRASH not in done.stderr:   # Open MPI's ULFM, not the launcher: see above
+            break
         done = _death_run(tmp_path, "ft", ["--fault-tolerant", "--verbose"])
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == sorted("done 0 done 1 done 3".split())
