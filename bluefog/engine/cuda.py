@@ -1,15 +1,15 @@
-"""CUDA tensors: the route each op takes, the NCCL process group, and the NCCL kernels.
+"""CUDA tensors: the route each op takes, the NCCL process group, and the torch.distributed route.
 
 Routes
 ------
 * ``nccl``: the op runs as an NCCL collective, or as grouped NCCL send / receive
-  (``batch_isend_irecv``) for neighbor ops, through a ``torch.distributed`` process group.  Work is
-  queued on a side stream that first waits for the *ready event*, recorded on the caller's current
-  stream at submission, so the op sees everything queued before the call and does not wait for
-  what the caller queues afterwards.
+  (``batch_isend_irecv``) for neighbor ops, through a ``torch.distributed`` process group
+  (:class:`DistRoute`).  Work is queued on a side stream that first waits for the *ready event*,
+  recorded on the caller's current stream at submission, so the op sees everything queued before
+  the call and does not wait for what the caller queues afterwards.
 * ``staged``: the tensor is copied to pinned host memory at submission (waiting for the work queued
-  on the current stream), travels over MPI like a CPU tensor, and the result is copied back to the
-  device in ``synchronize``.
+  on the current stream), travels over MPI like a CPU tensor (``kernels.MpiRoute``), and the result
+  is copied back to the device in ``synchronize``.
 
 The choice is made once per process, at the first CUDA collective or neighbor op, by a negotiated
 op of its own (``cuda.setup``, so a rank that passes a CPU tensor where others pass CUDA ones gets
@@ -34,7 +34,7 @@ import torch
 
 from bluefog import config
 from bluefog.engine.device_wait import DeviceWait
-from bluefog.engine.kernels import Sends, gathered_dim0s, neighbor_dim0s, scaled
+from bluefog.engine.kernels import Route, gathered_dim0s, neighbor_dim0s, scaled
 
 logger = logging.getLogger("bluefog")
 
@@ -195,8 +195,12 @@ class CudaRuntime:
 
     @contextlib.contextmanager
     def launching(self, device: torch.device, ready: Optional[torch.cuda.Event]):
-        """Queue work on this device's side stream, after ``ready``; yields the stream.  Never keep
-        it open across a ``yield`` of a kernel (another thread may resume the kernel)."""
+        """Queue work on this device's side stream, after ``ready``; yields the stream (None for a
+        CPU device: no stream).  Never keep it open across a ``yield`` of a kernel (another thread
+        may resume the kernel)."""
+        if device.type != "cuda":
+            yield None
+            return
         stream = self._streams.get(device)
         if stream is None:
             stream = self._streams[device] = torch.cuda.Stream(device=device)
@@ -251,7 +255,10 @@ def _allgather_json(comm, value):
     return [json.loads(row.tobytes().rstrip(b"\0").decode()) for row in table]
 
 
-def _finished(stream) -> DeviceWait:
+def _finished(stream):
+    """What a kernel yields to wait for the work queued on ``stream`` (None: nothing, on CPU)."""
+    if stream is None:
+        return []
     done = torch.cuda.Event()
     done.record(stream)
     return DeviceWait([done])
@@ -262,91 +269,92 @@ def _dist():
     return dist
 
 
-# ---------------------------------------------------------------------- NCCL kernels
-def allreduce(rt: CudaRuntime, tensor: torch.Tensor, inplace: bool, divisor: int, ready):
-    """Sum over every rank (``tensor`` itself when ``inplace``), then divide by ``divisor``."""
-    dist = _dist()
-    with rt.launching(tensor.device, ready) as stream:
-        output = tensor if inplace else tensor.clone()
-        dist.all_reduce(output, group=rt.group, async_op=True).wait()
-        if divisor > 1:
-            output.div_(divisor)
-        done = _finished(stream)
-    yield done
-    return output
+# ---------------------------------------------------------------------- the torch.distributed route
+class DistRoute(Route):
+    """The kernels over ``runtime``'s torch.distributed group: NCCL for CUDA tensors, queued on a
+    side stream after the ``ready`` event; gloo for CPU tensors (tests), with nothing to wait for.
+    ``comm`` (MPI) exchanges first dims that negotiation did not give.  No fusion or deferral."""
+
+    by_mpi = False
+
+    def __init__(self, runtime: CudaRuntime, comm, ready=None):
+        super().__init__(comm)
+        self.runtime, self.ready = runtime, ready
+
+    def allreduce(self, tensor, output, divisor, launch):
+        dist = _dist()
+        with self.runtime.launching(tensor.device, self.ready) as stream:
+            output = tensor if output is tensor else tensor.clone()
+            dist.all_reduce(output, group=self.runtime.group, async_op=True).wait()
+            if divisor > 1:
+                output.div_(divisor)
+            done = _finished(stream)
+        yield done
+        return output
+
+    def broadcast(self, tensor, output, root, launch):
+        dist = _dist()
+        with self.runtime.launching(tensor.device, self.ready) as stream:
+            output = tensor if output is tensor else tensor.clone()
+            dist.broadcast(output, src=root, group=self.runtime.group, async_op=True).wait()
+            done = _finished(stream)
+        yield done
+        return output
+
+    def allgather(self, tensor, launch):
+        """Uneven first dims travel padded to the longest."""
+        dist = _dist()
+        dim0s = yield from gathered_dim0s(self.comm, tensor, launch.dim0s)
+        rest, longest = tuple(tensor.shape[1:]), max(dim0s)
+        with self.runtime.launching(tensor.device, self.ready) as stream:
+            if longest == 0 or math.prod(rest) == 0:
+                output = tensor.new_empty((sum(dim0s),) + rest)
+            else:
+                padded = tensor
+                if tensor.shape[0] < longest:
+                    padded = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0],) + rest)])
+                gathered = tensor.new_empty((len(dim0s) * longest,) + rest)
+                gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+                gather(gathered, padded, group=self.runtime.group, async_op=True).wait()
+                output = gathered
+                if min(dim0s) != longest:
+                    output = torch.cat([gathered[r * longest:r * longest + d]
+                                        for r, d in enumerate(dim0s)])
+            done = _finished(stream)
+        yield done
+        return output
+
+    def neighbor_allreduce(self, tensor, sends, recvs, combine, launch, defer=False):
+        with self.runtime.launching(tensor.device, self.ready) as stream:
+            slots = tensor.new_empty((len(recvs),) + tuple(tensor.shape))
+            outgoing = [(d, scaled(tensor, w).contiguous()) for d, w in sends]
+            _exchange(self.runtime.group, outgoing, list(zip(recvs, slots)))
+            output = combine(tensor, slots)
+            done = _finished(stream)
+        yield done
+        return output
+
+    def neighbor_allgather(self, tensor, sends, recvs, launch):
+        counts = yield from neighbor_dim0s(self.comm, launch.tag, tensor, sends, recvs, launch.dim0s)
+        with self.runtime.launching(tensor.device, self.ready) as stream:
+            output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
+            incoming, start = [], 0
+            for r, count in zip(recvs, counts):
+                incoming.append((r, output[start:start + count]))
+                start += count
+            _exchange(self.runtime.group, [(d, tensor) for d in sends], incoming)
+            done = _finished(stream)
+        yield done
+        return output
 
 
-def broadcast(rt: CudaRuntime, tensor: torch.Tensor, inplace: bool, root: int, ready):
-    """``root``'s tensor on every rank."""
-    dist = _dist()
-    with rt.launching(tensor.device, ready) as stream:
-        output = tensor if inplace else tensor.clone()
-        dist.broadcast(output, src=root, group=rt.group, async_op=True).wait()
-        done = _finished(stream)
-    yield done
-    return output
-
-
-def allgather(rt: CudaRuntime, comm, tensor: torch.Tensor, dim0s, ready):
-    """Concatenation along dim 0; uneven first dims travel padded to the longest."""
-    dist = _dist()
-    dim0s = yield from gathered_dim0s(comm, tensor, dim0s)
-    rest, longest = tuple(tensor.shape[1:]), max(dim0s)
-    with rt.launching(tensor.device, ready) as stream:
-        if longest == 0 or math.prod(rest) == 0:
-            output = tensor.new_empty((sum(dim0s),) + rest)
-        else:
-            padded = tensor
-            if tensor.shape[0] < longest:
-                padded = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0],) + rest)])
-            gathered = tensor.new_empty((len(dim0s) * longest,) + rest)
-            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-            gather(gathered, padded, group=rt.group, async_op=True).wait()
-            output = gathered
-            if min(dim0s) != longest:
-                output = torch.cat([gathered[r * longest:r * longest + d] for r, d in enumerate(dim0s)])
-        done = _finished(stream)
-    yield done
-    return output
-
-
-def _exchange(rt: CudaRuntime, outgoing: Sequence, incoming: Sequence):
-    """Grouped NCCL sends of (rank, tensor) ``outgoing`` and receives into (rank, buffer)
-    ``incoming``; the current stream then waits for them.  Empty tensors are left out (both sides
+def _exchange(group, outgoing: Sequence, incoming: Sequence):
+    """Grouped sends of (rank, tensor) ``outgoing`` and receives into (rank, buffer) ``incoming``
+    over ``group``; the current stream then waits for them.  Empty tensors are left out (both sides
     know the sizes)."""
     dist = _dist()
-    ops = [dist.P2POp(dist.irecv, buf, r, group=rt.group) for r, buf in incoming if buf.numel()]
-    ops += [dist.P2POp(dist.isend, t, r, group=rt.group) for r, t in outgoing if t.numel()]
+    ops = [dist.P2POp(dist.irecv, buf, r, group=group) for r, buf in incoming if buf.numel()]
+    ops += [dist.P2POp(dist.isend, t, r, group=group) for r, t in outgoing if t.numel()]
     if ops:
         for work in dist.batch_isend_irecv(ops):
             work.wait()
-
-
-def neighbor_allreduce(rt: CudaRuntime, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
-                       combine, ready):
-    """Weighted exchange with neighbors over NCCL, then ``combine(tensor, received_slots)``."""
-    with rt.launching(tensor.device, ready) as stream:
-        slots = tensor.new_empty((len(recvs),) + tuple(tensor.shape))
-        outgoing = [(d, scaled(tensor, w).contiguous()) for d, w in sends]
-        _exchange(rt, outgoing, list(zip(recvs, slots)))
-        output = combine(tensor, slots)
-        done = _finished(stream)
-    yield done
-    return output
-
-
-def neighbor_allgather(rt: CudaRuntime, comm, tag: int, tensor: torch.Tensor, sends: Sequence[int],
-                       recvs: Sequence[int], dim0s, ready):
-    """What ``recvs`` sent, concatenated along dim 0 in the order of ``recvs``."""
-    counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
-    with rt.launching(tensor.device, ready) as stream:
-        output = tensor.new_empty((int(sum(counts)),) + tuple(tensor.shape[1:]))
-        incoming, start = [], 0
-        for r, count in zip(recvs, counts):
-            incoming.append((r, output[start:start + count]))
-            start += count
-        _exchange(rt, [(d, tensor) for d in sends], incoming)
-        done = _finished(stream)
-    yield done
-    return output
-

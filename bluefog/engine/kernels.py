@@ -1,7 +1,9 @@
-"""Kernels: one generator per op kind that moves the data and returns the output.
+"""Kernels: generators that move an op's data and return its output, one interface per route.
 
 A kernel yields lists of MPI requests (the engine resumes it once all of them completed) and returns
-the op's output tensor.  Arithmetic is in ``averaging``: ``summed_rows``, and the op's ``combine``
+the op's output tensor.  :class:`Route` is what the ops call: the same methods and arguments on every
+route.  :class:`MpiRoute` runs them over MPI (CPU tensors, staged CUDA tensors); ``cuda.DistRoute``
+over torch.distributed.  Arithmetic is in ``averaging``: ``summed_rows``, and the op's ``combine``
 (an ``averaging.Combine``, called with the received slots or with the round's bytes).
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
@@ -28,31 +30,152 @@ def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
     return (tensor.to(work) * weight).to(tensor.dtype)
 
 
-def allreduce(comm, tensor: torch.Tensor, output: Optional[torch.Tensor], divisor: int,
-              carried=None):
-    """Sum over ``comm`` into ``output`` (``tensor`` for in place, None for a new tensor), then
-    divide by ``divisor``.  With ``carried`` (every rank's data came with the round records) the
-    sum is taken here, adding the ranks' data in rank order, so every rank gets the same bits."""
-    if carried is not None:
-        return summed_rows(carried.stacked, tensor, output, divisor)
-    MPI = mpi()
-    if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
-        divisor = comm.Get_size()
-    if output is None:
-        output = memory.empty_like(tensor)
-    work_dtype = compute_dtype(tensor.dtype)
-    if work_dtype != tensor.dtype:
-        work = tensor.to(work_dtype)
-        yield [comm.Iallreduce(MPI.IN_PLACE, work.reshape(-1).numpy(), MPI.SUM)]
-    else:
-        work = output
-        source = MPI.IN_PLACE if output is tensor else wire(tensor)
-        yield [comm.Iallreduce(source, wire(output), MPI.SUM)]
-    if divisor > 1:
-        work.div_(divisor)
-    if work is not output:
-        output.copy_(work)
-    return output
+class Route:
+    """The kernels of one route, over ``comm`` (MPI; a ``fault.LiveComm`` in fault-tolerant mode).
+    Every route has these methods, each returning a kernel.  ``output``: ``tensor`` for in place,
+    None for a new tensor; ``launch``: the engine's ``Launch`` (tag, first dims, carried data).
+    ``by_mpi``: fusion (``fused_*``), carried data and deferral apply (the MPI route only).
+
+    Example::
+
+        kernel = MpiRoute(comm).allreduce(tensor, None, comm.Get_size(), launch)
+    """
+
+    by_mpi = True
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def allreduce(self, tensor, output, divisor: int, launch):
+        """The sum over every rank divided by ``divisor`` (0: by the ranks alive, fault-tolerant
+        mode); from carried data, the ranks' data are added in rank order (the same bits on all)."""
+        raise NotImplementedError
+
+    def broadcast(self, tensor, output, root: int, launch):
+        """``root``'s tensor on every rank."""
+        raise NotImplementedError
+
+    def allgather(self, tensor, launch):
+        """Every rank's tensor concatenated along dim 0 (first dims may differ)."""
+        raise NotImplementedError
+
+    def neighbor_allreduce(self, tensor, sends: Sends, recvs, combine, launch, defer=False):
+        """Send (weighted copies of) ``tensor`` to ``sends``; ``combine(tensor, slots)`` of what
+        ``recvs`` sent (with ``defer``: the slots, for the caller to combine)."""
+        raise NotImplementedError
+
+    def neighbor_allgather(self, tensor, sends, recvs, launch):
+        """Send ``tensor`` to ``sends``; what ``recvs`` sent, concatenated along dim 0."""
+        raise NotImplementedError
+
+
+class MpiRoute(Route):
+    """The route over MPI, with fusion: many small ops of one kind as one message."""
+
+    def allreduce(self, tensor, output, divisor, launch):
+        comm, carried = self.comm, launch.carried
+        if carried is not None:
+            return summed_rows(carried.stacked, tensor, output, divisor)
+        MPI = mpi()
+        if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
+            divisor = comm.Get_size()
+        if output is None:
+            output = memory.empty_like(tensor)
+        work_dtype = compute_dtype(tensor.dtype)
+        if work_dtype != tensor.dtype:
+            work = tensor.to(work_dtype)
+            yield [comm.Iallreduce(MPI.IN_PLACE, work.reshape(-1).numpy(), MPI.SUM)]
+        else:
+            work = output
+            source = MPI.IN_PLACE if output is tensor else wire(tensor)
+            yield [comm.Iallreduce(source, wire(output), MPI.SUM)]
+        if divisor > 1:
+            work.div_(divisor)
+        if work is not output:
+            output.copy_(work)
+        return output
+
+    def broadcast(self, tensor, output, root, launch):
+        comm = self.comm
+        if output is None:
+            output = memory.empty_like(tensor)
+        if comm.Get_rank() == root and output is not tensor:
+            output.copy_(tensor)
+        yield [comm.Ibcast(wire(output), root=root)]
+        return output
+
+    def allgather(self, tensor, launch):
+        comm, dim0s = self.comm, launch.dim0s
+        dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, dim0s)))
+        row = _row_elements(tensor)
+        counts = np.array(dim0s, dtype=np.int64) * row
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        output = memory.new_empty(tensor, (int(sum(dim0s)),) + tuple(tensor.shape[1:]))
+        received = wire(output)
+        yield [comm.Iallgatherv(wire(tensor), [received, counts, displs, datatype(received)])]
+        return output
+
+    def neighbor_allreduce(self, tensor, sends, recvs, combine, launch, defer=False):
+        comm, tag, carried = self.comm, launch.tag, launch.carried
+        if carried is not None and not defer:
+            output = _combined_from_round(tensor, sends, recvs, combine, carried)
+            if output is not None:
+                return output
+        slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
+        if defer:
+            return slots
+        return combine(tensor, slots)
+
+    def neighbor_allgather(self, tensor, sends, recvs, launch):
+        comm, tag, dim0s = self.comm, launch.tag, launch.dim0s
+        counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
+        output = memory.new_empty(tensor, (int(sum(counts)),) + tuple(tensor.shape[1:]))
+        requests, start = [], 0
+        for r, count in zip(recvs, counts):
+            requests.append(comm.Irecv(wire(output[start:start + count]), source=r, tag=tag))
+            start += count
+        requests += [comm.Isend(wire(tensor), dest=d, tag=tag) for d in sends]
+        yield requests
+        return output
+
+    def fused_allreduce(self, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
+                        divisor: int, launch):
+        """:meth:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
+        new results are views of one fused allocation."""
+        comm = self.comm
+        MPI = mpi()
+        if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
+            divisor = comm.Get_size()
+        work = pack([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
+        yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
+        if divisor > 1:
+            work.div_(divisor)
+        results = split_like(work.to(parts[0][0].dtype), [t for t, _ in parts])
+        for (_, output), result in zip(parts, results):
+            if output is not None:      # in place: the caller's tensor receives the result
+                output.copy_(result)
+        return [result if output is None else output for (_, output), result in zip(parts, results)]
+
+    def fused_neighbor_allreduce(self, parts: Sequence[Tuple[torch.Tensor, Callable]], sends: Sends,
+                                 recvs: Sequence[int], launch):
+        """:meth:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
+        neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
+        outputs are views of one allocation; otherwise each part is combined on views of what
+        arrived."""
+        comm, tag = self.comm, launch.tag
+        flat = pack([t for t, _ in parts], parts[0][0].dtype, read_only=True)
+        slots = yield from exchange(comm, tag, flat, sends, recvs)
+        combine = parts[0][1]
+        if all(c == combine for _, c in parts):
+            outputs = split_like(combine(flat, slots), [t for t, _ in parts])
+        else:
+            outputs, start = [], 0
+            for tensor, combine in parts:
+                size = tensor.numel()
+                received = slots[:, start:start + size].reshape((len(recvs),) + tuple(tensor.shape))
+                outputs.append(combine(tensor, received))
+                start += size
+        return outputs
 
 
 def carry_to_all(comm, tensor: torch.Tensor):
@@ -60,14 +183,6 @@ def carry_to_all(comm, tensor: torch.Tensor):
     data = wire(tensor).reshape(-1).view(np.uint8)
     me = comm.Get_rank()
     return {r: data for r in range(comm.Get_size()) if r != me}
-
-
-def broadcast(comm, tensor: torch.Tensor, output: torch.Tensor, root: int):
-    """Copy the root's ``tensor`` into every rank's ``output``."""
-    if comm.Get_rank() == root and output is not tensor:
-        output.copy_(tensor)
-    yield [comm.Ibcast(wire(output), root=root)]
-    return output
 
 
 def _row_elements(tensor: torch.Tensor) -> int:
@@ -94,32 +209,6 @@ def neighbor_dim0s(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int], r
     yield ([comm.Irecv(sizes[k:k + 1], source=r, tag=tag) for k, r in enumerate(recvs)]
            + [comm.Isend(mine, dest=d, tag=tag) for d in sends])
     return sizes.tolist()
-
-
-def allgather(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
-    """Concatenate every rank's tensor along dim 0; first dims may differ."""
-    dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, dim0s)))
-    row = _row_elements(tensor)
-    counts = np.array(dim0s, dtype=np.int64) * row
-    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    output = memory.new_empty(tensor, (int(sum(dim0s)),) + tuple(tensor.shape[1:]))
-    received = wire(output)
-    yield [comm.Iallgatherv(wire(tensor), [received, counts, displs, datatype(received)])]
-    return output
-
-
-def neighbor_allgather(comm, tag: int, tensor: torch.Tensor, sends: Sequence[int],
-                       recvs: Sequence[int], dim0s: Optional[Sequence[int]]):
-    """Send ``tensor`` to ``sends``; concatenate what ``recvs`` sent, in the order of ``recvs``."""
-    counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
-    output = memory.new_empty(tensor, (int(sum(counts)),) + tuple(tensor.shape[1:]))
-    requests, start = [], 0
-    for r, count in zip(recvs, counts):
-        requests.append(comm.Irecv(wire(output[start:start + count]), source=r, tag=tag))
-        start += count
-    requests += [comm.Isend(wire(tensor), dest=d, tag=tag) for d in sends]
-    yield requests
-    return output
 
 
 def exchange(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
@@ -162,21 +251,6 @@ def carry(tensor: torch.Tensor, sends: Sends):
         if w not in by_weight:
             by_weight[w] = wire(scaled(tensor, w)).reshape(-1).view(np.uint8)
     return {d: by_weight[w] for d, w in sends}
-
-
-def neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, sends: Sends, recvs: Sequence[int],
-                       combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], carried=None,
-                       defer: bool = False):
-    """Weighted exchange with neighbors, then ``combine(tensor, received_slots)``; with ``defer``,
-    return the received slots for the caller to combine later."""
-    if carried is not None and not defer:
-        output = _combined_from_round(tensor, sends, recvs, combine, carried)
-        if output is not None:
-            return output
-    slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
-    if defer:
-        return slots
-    return combine(tensor, slots)
 
 
 def _combined_from_round(tensor, sends, recvs, combine, carried):
@@ -225,41 +299,3 @@ def barrier(comm):
     """Wait until every rank of ``comm`` reached this op."""
     yield [comm.Ibarrier()]
     return None
-
-
-def fused_allreduce(comm, parts: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]],
-                    divisor: int):
-    """:func:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
-    new results are views of one fused allocation."""
-    MPI = mpi()
-    if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
-        divisor = comm.Get_size()
-    work = pack([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
-    yield [comm.Iallreduce(MPI.IN_PLACE, wire(work), MPI.SUM)]
-    if divisor > 1:
-        work.div_(divisor)
-    results = split_like(work.to(parts[0][0].dtype), [t for t, _ in parts])
-    for (_, output), result in zip(parts, results):
-        if output is not None:      # in place: the caller's tensor receives the result
-            output.copy_(result)
-    return [result if output is None else output for (_, output), result in zip(parts, results)]
-
-
-def fused_neighbor_allreduce(comm, tag: int, parts: Sequence[Tuple[torch.Tensor, Callable]],
-                             sends: Sends, recvs: Sequence[int]):
-    """:func:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
-    neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
-    outputs are views of one allocation; otherwise each part is combined on views of what arrived."""
-    flat = pack([t for t, _ in parts], parts[0][0].dtype, read_only=True)
-    slots = yield from exchange(comm, tag, flat, sends, recvs)
-    combine = parts[0][1]
-    if all(c == combine for _, c in parts):
-        outputs = split_like(combine(flat, slots), [t for t, _ in parts])
-    else:
-        outputs, start = [], 0
-        for tensor, combine in parts:
-            size = tensor.numel()
-            received = slots[:, start:start + size].reshape((len(recvs),) + tuple(tensor.shape))
-            outputs.append(combine(tensor, received))
-            start += size
-    return outputs

@@ -1,7 +1,7 @@
 """allreduce, broadcast, allgather and barrier (spec §3.3–§3.5, §3.10)."""
 
 from bluefog.averaging import summed_rows
-from bluefog.engine import cuda, kernels, memory
+from bluefog.engine import kernels
 from bluefog.engine.polling import wait_request
 from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
@@ -28,22 +28,19 @@ def _allreduce_request(tensor, average, is_hierarchical_local, name, inplace) ->
     divisor = (0 if fault_tolerant else comm.Get_size()) if average else 1
     sig = signature("allreduce", tensor, bool(is_hierarchical_local), bool(average))
     source = tensor
-    tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, inplace)
+    tensor = job.place("local_allreduce" if is_hierarchical_local else "allreduce", tensor, inplace,
+                       comm)
     if inplace:
         job.hand_back(given, source)
-    if job.route == cuda.NCCL:
-        return job.request(sig, lambda launch: cuda.allreduce(job.ctx.cuda, source, inplace, divisor,
-                                                              job.ready), activity="ALLREDUCE")
     output = tensor if inplace or job.staged else None     # None: the kernel allocates it
     carry = None if is_hierarchical_local else lambda: kernels.carry_to_all(comm, tensor)
-    return job.request(sig, lambda launch: kernels.allreduce(comm, tensor, output, divisor,
-                                                             launch.carried),
+    return job.request(sig, lambda launch: job.kernels.allreduce(tensor, output, divisor, launch),
                        activity="ALLREDUCE", carry=carry, carry_to_all=True,
                        fusion_key=("allreduce", tensor.dtype, bool(is_hierarchical_local), divisor),
                        fusion_part=(tensor, output), nbytes=tensor.numel() * tensor.element_size(),
                        inplace=output if fault_tolerant and output is not None else None,
-                       fuse=lambda group, launch: kernels.fused_allreduce(
-                           comm, [r.fusion_part for r in group], divisor))
+                       fuse=lambda group, launch: job.kernels.fused_allreduce(
+                           [r.fusion_part for r in group], divisor, launch))
 
 
 def allreduce_nonblocking(tensor, average=True, is_hierarchical_local=False, name=None):
@@ -93,17 +90,13 @@ def _broadcast(tensor, root_rank, name, inplace):
     if not isinstance(root_rank, int) or not 0 <= root_rank < size:
         raise ValueError(f"Argument root_rank must be an int in [0, {size}), got {root_rank!r}.")
     job = Submission("broadcast", name, tensor if inplace else None)
-    comm = job.ctx.engine.data_comm
     sig = signature("broadcast", tensor, int(root_rank))
     source = tensor
     tensor = job.place("broadcast", tensor, inplace)
     if inplace:
         job.hand_back(given, source)
-    if job.route == cuda.NCCL:
-        return job.send(sig, lambda launch: cuda.broadcast(job.ctx.cuda, source, inplace, root_rank,
-                                                           job.ready), activity="BROADCAST")
-    output = tensor if inplace or job.staged else memory.empty_like(tensor)
-    return job.send(sig, lambda launch: kernels.broadcast(comm, tensor, output, root_rank),
+    output = tensor if inplace or job.staged else None     # None: the kernel allocates it
+    return job.send(sig, lambda launch: job.kernels.broadcast(tensor, output, root_rank, launch),
                     activity="BROADCAST")
 
 
@@ -129,15 +122,10 @@ def allgather_nonblocking(tensor, name=None):
         raise ValueError("allgather: tried to allgather a rank-zero tensor; give it at least one "
                          "dimension (e.g. tensor.reshape(1)).")
     job = Submission("allgather", name)
-    comm = job.ctx.engine.data_comm
     sig = signature("allgather", tensor, tensor.dim(), with_dim0=False)
-    source = tensor
     tensor = job.place("allgather", tensor)
-    if job.route == cuda.NCCL:
-        start = lambda launch: cuda.allgather(job.ctx.cuda, comm, source, launch.dim0s, job.ready)
-    else:
-        start = lambda launch: kernels.allgather(comm, tensor, launch.dim0s)
-    return job.send(sig, start, dim0=tensor.shape[0], activity="ALLGATHER")
+    return job.send(sig, lambda launch: job.kernels.allgather(tensor, launch), dim0=tensor.shape[0],
+                    activity="ALLGATHER")
 
 
 def allgather(tensor, name=None):

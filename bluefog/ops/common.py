@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from bluefog import context
-from bluefog.engine import Handle, Request, cuda
+from bluefog.engine import Handle, Request, cuda, kernels
 from bluefog.engine.lone import LoneRound
 from bluefog.engine.mailbox import CARRY_MAX
 from bluefog.engine.request import Launch
@@ -80,19 +80,22 @@ class Submission:
         self.ctx = live_context()
         self.handle = Handle("", output)
         self.route = None              # for CUDA tensors: cuda.NCCL or cuda.STAGED
-        self.ready = None              # NCCL route: the event the op's GPU work waits for
+        self.kernels = None            # the route's kernels (kernels.Route), set by place
         if name is None:
             name = f"noname.{next(_nameless)}"   # counts only submitted nameless ops
         elif not isinstance(name, str):
             raise TypeError(f"Argument name must be a str or None, got {type(name).__name__}.")
         self.handle.name = f"{prefix}.{name}"
 
-    def place(self, op: str, tensor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """Choose the route of a CUDA ``tensor`` (the first time, collectively) and return what the
-        MPI kernels work on: ``tensor`` itself, or its host copy when staged, whose result
-        ``synchronize`` copies back (into ``tensor`` when ``inplace``).  CPU tensors pass as they are.
-        """
+    def place(self, op: str, tensor: torch.Tensor, inplace: bool = False, comm=None) -> torch.Tensor:
+        """Choose the route: ``self.kernels``, over ``comm`` (default: the engine's data comm).  CPU
+        tensors take the MPI route as they are; a CUDA ``tensor`` (its route decided the first time,
+        collectively) goes over torch.distributed as it is, or is staged: the MPI route works on its
+        host copy (returned here), whose result ``synchronize`` copies back (into ``tensor`` when
+        ``inplace``).  Returns what the kernels work on."""
+        comm = self.ctx.engine.data_comm if comm is None else comm
         if not tensor.is_cuda:
+            self.kernels = kernels.MpiRoute(comm)
             return tensor
         runtime = self.ctx.cuda
         if runtime.needs_setup(op):
@@ -103,9 +106,10 @@ class Submission:
                          activity="CUDA_SETUP")
         self.route = runtime.route(op, tensor)
         if self.route == cuda.NCCL:
-            self.ready = runtime.ready_event(tensor)
+            self.kernels = cuda.DistRoute(runtime, comm, runtime.ready_event(tensor))
             self.handle.convert = cuda.handover
             return tensor
+        self.kernels = kernels.MpiRoute(comm)
         self.handle.convert = cuda.staged_back(tensor, inplace)
         return cuda.to_host(tensor)
 
@@ -128,6 +132,8 @@ class Submission:
         ``nbytes`` and ``carry`` and ``carry_to_all`` (see :class:`~bluefog.engine.request.Request`)."""
         if self.route is not None:     # ranks must agree on the route as on the device
             sig = sig + (self.route,)
+        if self.kernels is not None and not self.kernels.by_mpi:
+            fusion = {}                # fusion and carried data exist on the MPI route only
         return Request(name=self.handle.name, signature=sig, start=start, handle=self.handle,
                        dim0=dim0, sends=sends, recvs=recvs, activity=activity, **fusion)
 

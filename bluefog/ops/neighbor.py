@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from bluefog.context import neighbors
-from bluefog.engine import cuda, kernels
+from bluefog.engine import kernels
 from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
 from bluefog.ops import combine as mix
@@ -129,17 +129,12 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
     sends, recvs, combine, dynamic = _plan(ctx, self_weight, src_weights, dst_weights)
     checked = bool(dynamic and enable_topo_check)
     job = Submission("neighbor.allreduce", name)
-    comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allreduce", tensor, "flat", checked)
     topology = dict(sends=frozenset(r for r, _ in sends) if checked else None,
                     recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLREDUCE")
-    source = tensor
     tensor = job.place("neighbor_allreduce", tensor)
-    if job.route == cuda.NCCL:
-        return job.request(sig, lambda launch: cuda.neighbor_allreduce(
-            job.ctx.cuda, source, sends, recvs, combine, job.ready), **topology)
     defer = into_at_sync and job.route is None
-    if job.ctx.engine.ft is not None:
+    if job.ctx.engine.ft is not None and job.kernels.by_mpi:
         if self_weight is None:
             return _replanned_request(job, sig, tensor, defer, topology)
         src = source_weights(src_weights, ctx.size, ctx.rank)
@@ -150,11 +145,11 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
     fusion = {} if checked or defer else dict(
         fusion_key=("neighbor_allreduce", tensor.dtype, tuple(sends), tuple(recvs)),
         fusion_part=(tensor, combine),
-        fuse=lambda group, launch: kernels.fused_neighbor_allreduce(
-            comm, launch.tag, [r.fusion_part for r in group], sends, recvs))
+        fuse=lambda group, launch: job.kernels.fused_neighbor_allreduce(
+            [r.fusion_part for r in group], sends, recvs, launch))
     return job.request(
-        sig, lambda launch: kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine,
-                                                       launch.carried, defer),
+        sig, lambda launch: job.kernels.neighbor_allreduce(tensor, sends, recvs, combine, launch,
+                                                           defer),
         nbytes=tensor.numel() * tensor.element_size(), carry=lambda: kernels.carry(tensor, sends),
         **topology, **fusion)
 
@@ -162,18 +157,18 @@ def _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights, e
 def _replanned_request(job, sig, tensor, defer, topology) -> Request:
     """Fault-tolerant mode, static topology: the plan is read when the op starts, so an op that runs
     again after a failure uses the graph every survivor switched to (context._after_failure)."""
-    ctx, comm = job.ctx, job.ctx.engine.data_comm
+    ctx, route = job.ctx, job.kernels
     used = []
 
     def start(launch):
         sends, recvs, combine, _ = _static_plan(ctx)
         used[:] = [combine]
-        return kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine, None, defer)
+        return route.neighbor_allreduce(tensor, sends, recvs, combine, launch, defer)
 
     def fuse(group, launch):
         sends, recvs, combine, _ = _static_plan(ctx)
-        return kernels.fused_neighbor_allreduce(comm, launch.tag, [(r.fusion_part, combine)
-                                                                   for r in group], sends, recvs)
+        return route.fused_neighbor_allreduce([(r.fusion_part, combine) for r in group], sends,
+                                              recvs, launch)
 
     if defer:
         job.handle.convert = lambda slots: _combine_received(used[0], tensor, slots)
@@ -187,8 +182,8 @@ def _renormalized_request(job, sig, tensor, defer, topology, sends, recvs, self_
                           weights) -> Request:
     """Fault-tolerant mode, explicit weights: at the start of the op, the weights of dead
     in-neighbors are dropped and the rest (self included) scaled to the sum they had."""
-    comm = job.ctx.engine.data_comm
-    used = []
+    route = job.kernels
+    comm, used = route.comm, []
 
     def start(launch):
         lost = sum(w for r, w in zip(recvs, weights) if not comm.alive(r))
@@ -201,7 +196,7 @@ def _renormalized_request(job, sig, tensor, defer, topology, sends, recvs, self_
         combine = mix.weighted(own, [w * scale if comm.alive(r) else 0.0
                                      for r, w in zip(recvs, weights)])
         used[:] = [combine]
-        return kernels.neighbor_allreduce(comm, launch.tag, tensor, sends, recvs, combine, None, defer)
+        return route.neighbor_allreduce(tensor, sends, recvs, combine, launch, defer)
 
     if defer:
         job.handle.convert = lambda slots: _combine_received(used[0], tensor, slots)
@@ -265,16 +260,9 @@ def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, en
         sends = sorted(rank_list(dst_ranks, "dst_ranks", ctx.size, ctx.rank))
         checked = bool(enable_topo_check)
     job = Submission("neighbor.allgather", name)
-    comm = job.ctx.engine.data_comm
     sig = signature("neighbor_allgather", tensor, tensor.dim(), checked, with_dim0=False)
-    source = tensor
     tensor = job.place("neighbor_allgather", tensor)
-    if job.route == cuda.NCCL:
-        start = lambda launch: cuda.neighbor_allgather(job.ctx.cuda, comm, launch.tag, source, sends,
-                                                       recvs, launch.dim0s, job.ready)
-    else:
-        start = lambda launch: kernels.neighbor_allgather(comm, launch.tag, tensor, sends, recvs,
-                                                          launch.dim0s)
+    start = lambda launch: job.kernels.neighbor_allgather(tensor, sends, recvs, launch)
     return job.send(sig, start, dim0=tensor.shape[0], sends=frozenset(sends) if checked else None,
                     recvs=frozenset(recvs) if checked else None, activity="NEIGHBOR_ALLGATHER")
 
