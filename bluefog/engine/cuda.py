@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from bluefog import config
 from bluefog.engine.device_wait import DeviceWait
@@ -47,7 +48,6 @@ _RECORD_BYTES = 1024
 def nccl_available() -> bool:
     """torch.distributed has NCCL and a CUDA device is visible (creates no CUDA context)."""
     try:
-        import torch.distributed as dist
         return bool(dist.is_available() and dist.is_nccl_available() and torch.cuda.is_available())
     except Exception:      # a torch build without distributed support
         return False
@@ -123,7 +123,6 @@ class CudaRuntime:
     def setup(self, comm, device: torch.device):
         """Kernel, run once on every rank as a negotiated op: agree on NCCL or staging, and start the
         NCCL process group if every rank can use it."""
-        dist = _dist()
         store = None
         mine = {"host": socket.gethostname(), "gpu": _gpu_identity(device),
                 "nccl": nccl_available(), "ops_on_cpu": self.ops_on_cpu, "port": 0}
@@ -157,7 +156,6 @@ class CudaRuntime:
         return None
 
     def _create_group(self, device: torch.device, records, store):
-        dist = _dist()
         if store is None:
             host0 = records[0]["host"]
             address = "127.0.0.1" if host0 == socket.gethostname() else socket.gethostbyname(host0)
@@ -176,7 +174,6 @@ class CudaRuntime:
         """Destroy the process group bluefog created (at shutdown)."""
         if not (self.group is not None or self._created_default):
             return
-        dist = _dist()
         try:
             if self.group is not None:
                 dist.destroy_process_group(self.group)
@@ -264,11 +261,6 @@ def _finished(stream):
     return DeviceWait([done])
 
 
-def _dist():
-    import torch.distributed as dist
-    return dist
-
-
 # ---------------------------------------------------------------------- the torch.distributed route
 class DistRoute(Route):
     """The kernels over ``runtime``'s torch.distributed group: NCCL for CUDA tensors, queued on a
@@ -282,7 +274,6 @@ class DistRoute(Route):
         self.runtime, self.ready = runtime, ready
 
     def allreduce(self, tensor, output, divisor, launch):
-        dist = _dist()
         with self.runtime.launching(tensor.device, self.ready) as stream:
             output = tensor if output is tensor else tensor.clone()
             dist.all_reduce(output, group=self.runtime.group, async_op=True).wait()
@@ -293,7 +284,6 @@ class DistRoute(Route):
         return output
 
     def broadcast(self, tensor, output, root, launch):
-        dist = _dist()
         with self.runtime.launching(tensor.device, self.ready) as stream:
             output = tensor if output is tensor else tensor.clone()
             dist.broadcast(output, src=root, group=self.runtime.group, async_op=True).wait()
@@ -303,7 +293,6 @@ class DistRoute(Route):
 
     def allgather(self, tensor, launch):
         """Uneven first dims travel padded to the longest."""
-        dist = _dist()
         dim0s = yield from gathered_dim0s(self.comm, tensor, launch.dim0s)
         rest, longest = tuple(tensor.shape[1:]), max(dim0s)
         with self.runtime.launching(tensor.device, self.ready) as stream:
@@ -352,7 +341,6 @@ def _exchange(group, outgoing: Sequence, incoming: Sequence):
     """Grouped sends of (rank, tensor) ``outgoing`` and receives into (rank, buffer) ``incoming``
     over ``group``; the current stream then waits for them.  Empty tensors are left out (both sides
     know the sizes)."""
-    dist = _dist()
     ops = [dist.P2POp(dist.irecv, buf, r, group=group) for r, buf in incoming if buf.numel()]
     ops += [dist.P2POp(dist.isend, t, r, group=group) for r, t in outgoing if t.numel()]
     if ops:

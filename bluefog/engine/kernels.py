@@ -48,7 +48,7 @@ class Route:
 
     def allreduce(self, tensor, output, divisor: int, launch):
         """The sum over every rank divided by ``divisor`` (0: by the ranks alive, fault-tolerant
-        mode); from carried data, the ranks' data are added in rank order (the same bits on all)."""
+        mode); carried data are added in rank order (the same bits on every rank)."""
         raise NotImplementedError
 
     def broadcast(self, tensor, output, root: int, launch):
@@ -70,13 +70,13 @@ class Route:
 
 
 class MpiRoute(Route):
-    """The route over MPI, with fusion: many small ops of one kind as one message."""
+    """The route over MPI (CPU tensors, staged CUDA tensors), with fusion: many small ops as one
+    message."""
 
     def allreduce(self, tensor, output, divisor, launch):
-        comm, carried = self.comm, launch.carried
-        if carried is not None:
-            return summed_rows(carried.stacked, tensor, output, divisor)
-        MPI = mpi()
+        if launch.carried is not None:
+            return summed_rows(launch.carried.stacked, tensor, output, divisor)
+        MPI, comm = mpi(), self.comm
         if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
             divisor = comm.Get_size()
         if output is None:
@@ -96,17 +96,15 @@ class MpiRoute(Route):
         return output
 
     def broadcast(self, tensor, output, root, launch):
-        comm = self.comm
-        if output is None:
-            output = memory.empty_like(tensor)
-        if comm.Get_rank() == root and output is not tensor:
+        output = memory.empty_like(tensor) if output is None else output
+        if self.comm.Get_rank() == root and output is not tensor:
             output.copy_(tensor)
-        yield [comm.Ibcast(wire(output), root=root)]
+        yield [self.comm.Ibcast(wire(output), root=root)]
         return output
 
     def allgather(self, tensor, launch):
-        comm, dim0s = self.comm, launch.dim0s
-        dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, dim0s)))
+        comm = self.comm
+        dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, launch.dim0s)))
         row = _row_elements(tensor)
         counts = np.array(dim0s, dtype=np.int64) * row
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -116,19 +114,19 @@ class MpiRoute(Route):
         return output
 
     def neighbor_allreduce(self, tensor, sends, recvs, combine, launch, defer=False):
-        comm, tag, carried = self.comm, launch.tag, launch.carried
+        carried = launch.carried
         if carried is not None and not defer:
             output = _combined_from_round(tensor, sends, recvs, combine, carried)
             if output is not None:
                 return output
-        slots = yield from exchange(comm, tag, tensor, sends, recvs, carried=carried)
+        slots = yield from exchange(self.comm, launch.tag, tensor, sends, recvs, carried=carried)
         if defer:
             return slots
         return combine(tensor, slots)
 
     def neighbor_allgather(self, tensor, sends, recvs, launch):
-        comm, tag, dim0s = self.comm, launch.tag, launch.dim0s
-        counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, dim0s)
+        comm, tag = self.comm, launch.tag
+        counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, launch.dim0s)
         output = memory.new_empty(tensor, (int(sum(counts)),) + tuple(tensor.shape[1:]))
         requests, start = [], 0
         for r, count in zip(recvs, counts):
@@ -142,8 +140,7 @@ class MpiRoute(Route):
                         divisor: int, launch):
         """:meth:`allreduce` of many (tensor, output or None) pairs of one dtype as a single message;
         new results are views of one fused allocation."""
-        comm = self.comm
-        MPI = mpi()
+        MPI, comm = mpi(), self.comm
         if divisor == 0:             # an average over the ranks alive now (fault-tolerant mode)
             divisor = comm.Get_size()
         work = pack([t for t, _ in parts], compute_dtype(parts[0][0].dtype))
@@ -159,12 +156,10 @@ class MpiRoute(Route):
     def fused_neighbor_allreduce(self, parts: Sequence[Tuple[torch.Tensor, Callable]], sends: Sends,
                                  recvs: Sequence[int], launch):
         """:meth:`neighbor_allreduce` of many tensors with one send/receive pattern: one message per
-        neighbor.  When every part uses the same combine, it runs once on the fused buffer and the
-        outputs are views of one allocation; otherwise each part is combined on views of what
-        arrived."""
-        comm, tag = self.comm, launch.tag
+        neighbor.  One combine for all runs once on the fused buffer (outputs: views of one
+        allocation); otherwise each part is combined on views of what arrived."""
         flat = pack([t for t, _ in parts], parts[0][0].dtype, read_only=True)
-        slots = yield from exchange(comm, tag, flat, sends, recvs)
+        slots = yield from exchange(self.comm, launch.tag, flat, sends, recvs)
         combine = parts[0][1]
         if all(c == combine for _, c in parts):
             outputs = split_like(combine(flat, slots), [t for t, _ in parts])

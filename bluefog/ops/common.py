@@ -88,11 +88,11 @@ class Submission:
         self.handle.name = f"{prefix}.{name}"
 
     def place(self, op: str, tensor: torch.Tensor, inplace: bool = False, comm=None) -> torch.Tensor:
-        """Choose the route: ``self.kernels``, over ``comm`` (default: the engine's data comm).  CPU
-        tensors take the MPI route as they are; a CUDA ``tensor`` (its route decided the first time,
-        collectively) goes over torch.distributed as it is, or is staged: the MPI route works on its
-        host copy (returned here), whose result ``synchronize`` copies back (into ``tensor`` when
-        ``inplace``).  Returns what the kernels work on."""
+        """Choose the route ``self.kernels`` over ``comm`` (default: the engine's data comm) and
+        return what its kernels work on.  CPU tensors take the MPI route; a CUDA ``tensor`` (its
+        route decided the first time, collectively) goes over torch.distributed, or is staged: the
+        MPI route works on a host copy, its result copied back by ``synchronize`` (into ``tensor``
+        when ``inplace``)."""
         comm = self.ctx.engine.data_comm if comm is None else comm
         if not tensor.is_cuda:
             self.kernels = kernels.MpiRoute(comm)
