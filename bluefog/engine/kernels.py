@@ -1,10 +1,9 @@
 """Kernels: generators that move an op's data and return its output, one interface per route.
 
 A kernel yields lists of MPI requests (the engine resumes it once all of them completed) and returns
-the op's output tensor.  :class:`Route` is what the ops call: the same methods and arguments on every
-route.  :class:`MpiRoute` runs them over MPI (CPU tensors, staged CUDA tensors); ``cuda.DistRoute``
-over torch.distributed.  Arithmetic is in ``averaging``: ``summed_rows``, and the op's ``combine``
-(an ``averaging.Combine``, called with the received slots or with the round's bytes).
+the op's output tensor.  The ops call a :class:`Route`: :class:`MpiRoute` runs its kernels over
+MPI, ``cuda.DistRoute`` over torch.distributed.  Arithmetic is in ``averaging``: ``summed_rows``,
+and the op's ``combine`` (an ``averaging.Combine``, called with the received slots or round bytes).
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
@@ -70,8 +69,7 @@ class Route:
 
 
 class MpiRoute(Route):
-    """The route over MPI (CPU tensors, staged CUDA tensors), with fusion: many small ops as one
-    message."""
+    """The route over MPI (CPU tensors, staged CUDA tensors), with fusion of small ops."""
 
     def allreduce(self, tensor, output, divisor, launch):
         if launch.carried is not None:
@@ -281,13 +279,6 @@ def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, member
         packed = memory.empty((1 + len(machine_recvs),) + tuple(tensor.shape), work_dtype)
         yield [comm.Irecv(wire(packed), source=leader, tag=tag)]
     return combine(packed[0], packed[1:]).to(tensor.dtype)
-
-
-def pair_gossip(comm, tag: int, tensor: torch.Tensor, target: int,
-                combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """Swap tensors with ``target`` and combine."""
-    slots = yield from exchange(comm, tag, tensor, [(target, None)], [target])
-    return combine(tensor, slots)
 
 
 def barrier(comm):

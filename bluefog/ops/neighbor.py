@@ -307,12 +307,10 @@ def pair_gossip_nonblocking(tensor, target_rank, self_weight=None, pair_weight=N
     combine = (mix.uniform() if self_weight is None
                else mix.weighted(float(self_weight), [float(pair_weight)]))
     job = Submission("pair.gossip", name)
-    comm = job.ctx.engine.data_comm
     sig = signature("pair_gossip", tensor)
-    tensor = job.place("pair_gossip", tensor)
-    return job.send(sig,
-                    lambda launch: kernels.pair_gossip(comm, launch.tag, tensor, target, combine),
-                    activity="PAIR_GOSSIP")
+    tensor = job.place("pair_gossip", tensor)      # (staged if on CUDA: the MPI route)
+    return job.send(sig, lambda launch: job.kernels.neighbor_allreduce(
+        tensor, [(target, None)], [target], combine, launch), activity="PAIR_GOSSIP")
 
 
 def pair_gossip(tensor, target_rank, self_weight=None, pair_weight=None, name=None):
