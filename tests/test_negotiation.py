@@ -33,11 +33,12 @@ def settled(box, rows, pending, delivered=frozenset()):
     return stop.value.value
 
 
-def loopback(size, pendings, carrying=None, blocked=True):
+def loopback(size, pendings, carrying=None, blocked=True, boxes=None):
     """Every rank's mailbox after a point-to-point round of ``pendings[r]`` (``carrying[r]``:
-    {destination: bytes} rank r carries), and every rank's decision."""
+    {destination: bytes} rank r carries), and every rank's decision (``boxes``: the mailboxes of
+    an earlier round, to run another one through them)."""
     carrying = carrying or [{} for _ in range(size)]
-    boxes = [Mailbox(Record(size, r), point_to_point=True) for r in range(size)]
+    boxes = boxes or [Mailbox(Record(size, r), point_to_point=True) for r in range(size)]
     for s, box in enumerate(boxes):
         mine = box.write(box.record.encode(pendings[s], blocked, carrying[s])).view(np.uint8)
         box.stage(mine, carrying[s])                       # as ``Mailbox.post`` does
@@ -47,8 +48,15 @@ def loopback(size, pendings, carrying=None, blocked=True):
             if data is not None:
                 message += bytes(data)
             boxes[d].inbox[s, :len(message)] = np.frombuffer(message, dtype=np.uint8)
-    return boxes, [settled(box, box.received_rows(), pendings[r], frozenset(carrying[r]))
-                   for r, box in enumerate(boxes)]
+    return boxes, [received(box, pendings[r], frozenset(carrying[r])) for r, box in enumerate(boxes)]
+
+
+def received(box, pending, delivered):
+    """Run ``negotiation.settle_received`` where it needs no messages (the fast path)."""
+    kernel = negotiation.settle_received(None, box, pending, delivered)
+    with pytest.raises(StopIteration) as stop:
+        next(kernel)
+    return stop.value.value
 
 
 def names(decision):
@@ -156,6 +164,44 @@ def test_a_prepared_lone_round_expects_what_an_ordinary_round_sends():
     box.inbox[:, plan.start:plan.length] = np.arange(size, dtype=np.float32).repeat(4)[:, None].view(
         np.uint8).reshape(size, 16)
     assert plan.result(None).view(np.float32).tolist() == [[r] * 4 for r in range(size)]
+
+
+# ---- decisions remembered ------------------------------------------------------------------------
+
+def test_a_decided_table_is_remembered_for_the_same_op_under_a_new_name():
+    """A loop of nameless ops: each call has a new name, so new digests, but the same table
+    otherwise; the second round takes the remembered verdict without reading the records."""
+    size = 3
+    datas = [np.full(4, r, dtype=np.float32).view(np.uint8) for r in range(size)]
+    carrying = [{(r + 1) % size: datas[r]} for r in range(size)]
+    boxes, first = loopback(size, [[op("noname.1", nbytes=16)]] * size, carrying)
+    for box in boxes:
+        box.received_rows = None                     # (reading the records again would fail)
+    _, second = loopback(size, [[op("noname.2", nbytes=16)]] * size, carrying, boxes=boxes)
+    for box, a, b in zip(boxes, first, second):
+        assert names(b) == ["noname.2"] and b.ready[0][1] == a.ready[0][1] == (4, 4, 4)
+        assert b.carried is a.carried and len(box.decided) == 1
+
+
+def test_remembered_verdicts_tell_tables_and_signatures_apart():
+    size = 2
+    boxes, _ = loopback(size, [[op("a")]] * size)
+    _, decisions = loopback(size, [[op("a", dim0=1)], [op("a", dim0=2)]], boxes=boxes)
+    assert decisions[0].ready[0][1] == (1, 2)                 # another table: decided anew
+    _, decisions = loopback(size, [[op("b", shape=(4, 2))]] * size, boxes=boxes)
+    assert names(decisions[0]) == ["b"]                       # another signature: decided anew
+    assert all(len(box.decided) == 3 for box in boxes)
+
+
+def test_only_one_head_tables_with_one_op_everywhere_are_remembered():
+    boxes, decisions = loopback(2, [[op("a"), op("b")]] * 2)
+    assert names(decisions[0]) == ["a", "b"] and not boxes[0].decided
+    boxes, decisions = loopback(2, [[op("a")], [op("a"), op("b")]])
+    assert names(decisions[0]) == ["a"] and not boxes[0].decided
+    boxes, _ = loopback(2, [[op("a")], [op("a")]])
+    assert boxes[0].records_key(op("a")) is not None
+    boxes[1].inbox[0, 8 * boxes[1].record.heads] ^= 1         # rank 0's digest, as rank 1 saw it
+    assert boxes[1].records_key(op("a")) is None
 
 
 # ---- the slow decision ---------------------------------------------------------------------------

@@ -146,8 +146,19 @@ class Engine:
         self._thread.start()
 
     # ----------------------------------------------------------------- submission and waiting
-    def submit(self, request: Request) -> Handle:
-        """Queue ``request``; raises ``ValueError`` if its name is already in flight."""
+    def submit(self, request: Request, here: bool = False) -> Handle:
+        """Queue ``request``; raises ``ValueError`` if its name is already in flight.  ``here``: the
+        caller waits for it next (a blocking op): when nothing else is in flight, its round runs at
+        once on this thread (:meth:`_round_here`)."""
+        if here and self._claim(request.name):
+            try:
+                self._pending.append(request)
+                self._start_round(negotiation.negotiate(self.ctrl_comm, self.mailbox, [request],
+                                                        True))
+                self._round_to_decision()
+            finally:
+                self._drive.release()
+            return request.handle
         with self._state:
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
@@ -162,19 +173,39 @@ class Engine:
                 self._state.notify()   # otherwise a waiting caller drives, or batch() will
         return request.handle
 
+    def _claim(self, name: str) -> bool:
+        """Take the drive lock, with nothing in flight, and claim ``name``, to run a round on the
+        calling thread; False (nothing taken) when the engine is busy or closed, ``name`` is in
+        flight, or rounds need the engine's own pass (fault-tolerant or skip-negotiate mode, a
+        timeline)."""
+        if (self.ft is not None or self.skip_negotiation or _timeline.TIMELINE is not None
+                or not self._drive.acquire(blocking=False)):
+            return False
+        with self._state:
+            if not self._closed and self.idle() and name not in self._names:
+                self._names.add(name)
+                return True
+        self._drive.release()
+        return False
+
+    def _round_to_decision(self):
+        """Drive the round in flight on this thread, waiting inside MPI, until it is decided (which
+        launches what it decided); the caller holds the drive lock."""
+        entry = self._round
+        while self._round is entry:
+            if entry.waiting:
+                mpi().Request.Waitall(entry.waiting)
+            self._advance_round()
+
     def run_lone(self, plan, tensor, make_request: Callable[[], Request]):
         """A blocking small op prepared as a lone round (``lone.LoneRound``): run it on this thread
         now if nothing else is in flight, and return its output; None when the engine is busy or
         lone rounds do not apply (the caller then submits it as usual).  When the round shows
-        another rank with something else, ``make_request()`` gives the op to the engine, which
-        reads the round in full and finishes it."""
-        if not self.may_run_lone() or not self._drive.acquire(blocking=False):
+        another rank with something else, ``make_request()`` gives the op to the engine's round,
+        read in full and driven here."""
+        if not negotiation.point_to_point(self.mailbox) or not self._claim(plan.name):
             return None
         try:
-            with self._state:
-                if self._closed or not self.idle() or plan.name in self._names:
-                    return None
-                self._names.add(plan.name)
             self._round_started, self._stall_warned = time.monotonic(), False
             self._waiting_for = [plan.name]
             try:
@@ -195,9 +226,9 @@ class Engine:
             self.stats["handed_over"] += 1
             request = make_request()
             self._pending.append(request)
-            rows = self.mailbox.received_rows()
-            self._start_round(negotiation.settle(self.ctrl_comm, self.mailbox, rows, [request],
-                                                 plan.delivered))
+            self._start_round(negotiation.settle_received(self.ctrl_comm, self.mailbox,
+                                                          [request], plan.delivered))
+            self._round_to_decision()
         finally:
             self._drive.release()
         return self.wait(request.handle)
@@ -205,7 +236,7 @@ class Engine:
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
         return (self.ft is None and not self.skip_negotiation and _timeline.TIMELINE is None
-                and self.size <= negotiation.P2P_ROUND_LIMIT and self.mailbox.point_to_point)
+                and negotiation.point_to_point(self.mailbox))
 
     def keep_lone_plan(self, key, plan):
         """Remember a prepared lone round (at most ``MAX_LONE_PLANS``: then start over)."""

@@ -18,6 +18,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence
 
 import numpy as np
 
+from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
 from bluefog.engine.record import Carried, Record
 from bluefog.engine.request import Request
@@ -25,6 +26,7 @@ from bluefog.engine.request import Request
 ROUND_TAG = 1
 CARRY_MAX = 16 * 1024          # bytes of op data that may ride with a round record
 MAX_PERSISTENT_SENDS = 32      # (message length, destinations) kept as persistent sends
+MAX_DECISIONS = 64             # fast decisions remembered by their table of records
 
 
 class Mailbox:
@@ -43,6 +45,8 @@ class Mailbox:
         else:
             self.mine = np.zeros(record.length, dtype=np.uint64)
         self.mine_list: List[int] = []   # this rank's record as sent last
+        # fast decisions already taken, by the bytes of a round's records (negotiation.settle)
+        self.decided = BoundedCache(MAX_DECISIONS)
         self._receives: list = []        # persistent: one per other rank, into its inbox row
         self._sends: Dict[tuple, list] = {}   # persistent, by (message length, destinations)
 
@@ -67,6 +71,16 @@ class Mailbox:
             words = self.inbox[r, :8 * self.record.length].view(np.uint64)
             rows.append(words[:used(words)].tolist())
         return rows
+
+    def records_key(self, head: Request):
+        """After a point-to-point round whose records each hold one head, ``head`` on every rank
+        (same digest): a key equal for equal tables of records but for the op's name (the
+        signature stands for the digest); None otherwise.  A loop of nameless ops, each under a
+        new name, repeats its key."""
+        heads, digest = self.first_heads, self.record.heads
+        if set(heads[:, 1].tolist()) != {1} or len(set(heads[:, digest].tolist())) != 1:
+            return None
+        return heads[:, :digest].tobytes(), heads[:, digest + 1:].tobytes(), head.signature
 
     def carried_data(self, rows: List[List[int]], req: Request,
                      delivered: FrozenSet[int]) -> Optional[Carried]:
@@ -98,19 +112,17 @@ class Mailbox:
         receives = self.receives(comm)
         payloads, end = self.stage(record, carrying)
         others = self.record.others
-        if len(payloads) == 1 and len(carrying) == len(others):     # (as an allreduce carries)
-            requests = receives + self.sends(comm, end, others)
+        if len(payloads) <= 1:        # two prefixes of the outbox: record + data, record alone
+            requests = receives + self.sends(comm, end, [r for r in others if r in carrying])
+            if len(carrying) < len(others):
+                requests = requests + self.sends(comm, record.nbytes,
+                                                 [r for r in others if r not in carrying])
             MPI.Prequest.Startall(requests)
             return requests
         MPI.Prequest.Startall(receives)
-        if len(payloads) <= 1:
-            carried, plain = self.outbox[:end], record
-            messages = {r: carried if r in carrying else plain for r in others}
-        else:
-            joined = {}                                       # one message per distinct payload
-            messages = {r: _joined(joined, record, carrying.get(r)) for r in others}
-        return receives + [comm.Isend(message, dest=r, tag=ROUND_TAG)
-                           for r, message in messages.items()]
+        joined = {}                                           # one message per distinct payload
+        return receives + [comm.Isend(_joined(joined, record, carrying.get(r)), dest=r,
+                                      tag=ROUND_TAG) for r in others]
 
     def stage(self, record: np.ndarray, carrying: Dict[int, np.ndarray]):
         """Put the one carried array, if there is just one, after ``record`` in the outbox; return

@@ -49,6 +49,11 @@ def mailbox_for(size: int, me: int, members: Optional[List[int]] = None) -> Mail
     return Mailbox(Record(size, me, members), size <= P2P_ROUND_LIMIT and members is None)
 
 
+def point_to_point(box: Mailbox) -> bool:
+    """Whether rounds through ``box`` go point to point now (else by ``Iallgather``)."""
+    return box.point_to_point and box.record.size <= P2P_ROUND_LIMIT
+
+
 def check_topology(comm, box: Mailbox, req: Request):
     """Skip-negotiate mode: the topology check of ``req`` as its own collective (a kernel step)."""
     mine = np.array(box.record.topology_words(req), dtype=np.uint64)
@@ -68,7 +73,7 @@ def negotiate(comm, box: Mailbox, pending: List[Request], blocked: bool):
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
         return record.world_dim0s(Decision(ready=ready))
-    if record.size > P2P_ROUND_LIMIT or not box.point_to_point:
+    if not point_to_point(box):
         box.write(record.encode(pending, blocked))
         yield [comm.Iallgather(box.mine, box.table)]
         rows = box.table[:, :record.heads + 3 * int(box.table[:, 1].min())].tolist()
@@ -79,15 +84,28 @@ def negotiate(comm, box: Mailbox, pending: List[Request], blocked: bool):
         carrying = head.carry()
     mine = box.write(record.encode(pending, blocked, carrying)).view(np.uint8)  # bytes, as received
     yield box.post(comm, mine, carrying)
-    return (yield from settle(comm, box, box.received_rows(), pending, frozenset(carrying)))
+    return (yield from settle_received(comm, box, pending, frozenset(carrying)))
+
+
+def settle_received(comm, box: Mailbox, pending: List[Request], delivered: FrozenSet[int]):
+    """:func:`settle` of a point-to-point round, from the records in the inbox.  A table of
+    one-head records decided before (``Mailbox.records_key``: equal but for the op's name) gets
+    the remembered verdict without being read or decided again.  A kernel."""
+    key = box.records_key(pending[0])
+    known = box.decided.get(key) if key is not None else None
+    if known is not None:
+        dim0s, carried = known
+        return Decision(ready=[(pending[0], dim0s, False)], carried=carried)
+    return (yield from settle(comm, box, box.received_rows(), pending, delivered, key))
 
 
 def settle(comm, box: Mailbox, rows: List[List[int]], pending: List[Request],
-           delivered: Optional[FrozenSet[int]]):
+           delivered: Optional[FrozenSet[int]], key=None):
     """The rest of a round once every record is in (``rows``, this rank's included; ``delivered``:
     the ranks this rank carried its head op's data to, None in an ``Iallgather`` round, where
     nothing is carried): decide, by the common prefix when there is one, else by the slow path's
-    exchange of summaries.  A kernel, like :func:`negotiate`."""
+    exchange of summaries.  A fast decision of one op is remembered under ``key``
+    (``Mailbox.records_key``).  A kernel, like :func:`negotiate`."""
     MPI = mpi()
     record = box.record
     used = record.heads + 3 * min(row[1] for row in rows)
@@ -96,6 +114,8 @@ def settle(comm, box: Mailbox, rows: List[List[int]], pending: List[Request],
     if decision is not None:
         if decision.ready and delivered is not None:
             decision.carried = box.carried_data(rows, decision.ready[0][0], delivered)
+        if key is not None and len(decision.ready) == 1 and not decision.errors:
+            box.decided.put(key, (decision.ready[0][1], decision.carried))
         return record.world_dim0s(decision)
     payload = np.frombuffer(pickle.dumps([summary(r) for r in pending[:MAX_SLOW_SUMMARIES]]),
                             dtype=np.uint8)

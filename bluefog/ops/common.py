@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -19,6 +20,13 @@ MOVE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) +
 _NOT_ON_CUDA = (torch.uint8, torch.int8, torch.int16)    # spec §3.2: CPU-only dtypes
 
 _nameless = itertools.count(1)
+
+
+class _Caller(threading.local):
+    blocking = False     # inside blocking(): this thread waits for what it submits
+
+
+_caller = _Caller()
 _SUSPENDED = "Bluefog background thread is suspended. use bf.resume() first."
 
 
@@ -143,8 +151,9 @@ class Submission:
 
 
 def submit(request: Request) -> Handle:
-    """Hand ``request`` to the engine; returns its handle."""
-    return context.current().engine.submit(request)
+    """Hand ``request`` to the engine; returns its handle.  Inside :func:`blocking` the engine may
+    run its round at once on this thread."""
+    return context.current().engine.submit(request, here=_caller.blocking)
 
 
 def poll(handle) -> bool:
@@ -187,8 +196,12 @@ def blocking(start: Callable, *args, **kwargs):
     """
     engine = live_context().engine
     engine.add_waiter()
+    outer, _caller.blocking = _caller.blocking, True
     try:
-        handle = start(*args, **kwargs)
+        try:
+            handle = start(*args, **kwargs)
+        finally:
+            _caller.blocking = outer
         try:
             return engine.wait(handle, counted=True)
         finally:

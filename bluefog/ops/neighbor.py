@@ -40,7 +40,7 @@ def destination_weights(dst_weights, size: int, me: int, argument: str = "dst_we
     else:
         raise ValueError(f"Argument {argument} must be a list of ranks or a dict {{rank: weight}}, "
                          f"got {type(dst_weights).__name__}.")
-    scale = not np.allclose(weights, 1.0) if weights else False
+    scale = any(abs(w - 1.0) > 1e-8 + 1e-5 for w in weights)     # (numpy.allclose's tolerance)
     return sorted((r, w if scale else None) for r, w in zip(ranks, weights))
 
 
