@@ -13,6 +13,8 @@ the median.  The table shows the median over runs (min–max) and the ratio of m
 range of the per-pair ratios).
 """
 
+import warnings
+
 import torch
 
 from common import (exponential_neighbors, raw_neighbor_average, ratio, run_benchmark,
@@ -37,11 +39,14 @@ def our_methods(comm, label):
                                                                                       bf.size())
     x = torch.rand(n)
     scratch = torch.rand(n)   # in place: its values grow to inf, which costs the same
+    warnings.filterwarnings("ignore", "overflow", RuntimeWarning)      # (numpy says so)
     skip = (lambda: bf.neighbor_allreduce(x, name="bench.nar"),
             lambda: bf.set_skip_negotiate_stage(True),
             lambda: bf.set_skip_negotiate_stage(False))
     return {f"{label} nar": lambda: bf.neighbor_allreduce(x, name="bench.nar"),
+            f"{label} nar unnamed": lambda: bf.neighbor_allreduce(x),
             f"{label} ar": lambda: bf.allreduce(x, average=False, name="bench.ar"),
+            f"{label} ar unnamed": lambda: bf.allreduce(x, average=False),
             f"{label} ar_": lambda: bf.allreduce_(scratch, average=False, name="bench.ar_"),
             f"{label} skip nar": skip}
 
@@ -76,6 +81,13 @@ def report(args, runs):
         print(f"| {label} | {fn.text()} | {on.text()} | {ratio(on, fn)} | {sn.text()} "
               f"| {ratio(sn, fn)} | {fa.text()} | {oa.text()} | {ratio(oa, fa)} | {ia.text()} "
               f"| {ratio(ia, fa)} |")
+    print("\nThe same ops without a name (a new internal name per call, so no lone round):\n")
+    print("| size | neighbor_allreduce | ratio | allreduce | ratio |")
+    print("|---|---|---|---|---|")
+    for label in args.sizes.split(","):
+        fn, fa = stat(floor, f"{label} nar"), stat(floor, f"{label} ar")
+        un, ua = stat(ours, f"{label} nar unnamed"), stat(ours, f"{label} ar unnamed")
+        print(f"| {label} | {un.text()} | {ratio(un, fn)} | {ua.text()} | {ratio(ua, fa)} |")
 
 
 def main():

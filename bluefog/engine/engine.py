@@ -119,8 +119,10 @@ class Engine:
         self._cycle = cycle_time_ms / 1000.0
         self._fusion_threshold = fusion_threshold
         # for tests and benchmarks; "lone": ops done by a lone round (run_lone), "handed_over": lone
-        # rounds that showed other work and were read by the engine
-        self.stats = {"kernels": 0, "fused_requests": 0, "carried": 0, "lone": 0, "handed_over": 0}
+        # rounds that showed other work and were read by the engine; "here": rounds of blocking
+        # ops run on the calling thread (submit(here=True))
+        self.stats = {"kernels": 0, "fused_requests": 0, "carried": 0, "lone": 0, "handed_over": 0,
+                      "here": 0}
         self.skip_negotiation = False
         self.suspended = False        # bf.suspend(): the background thread sleeps
 
@@ -152,6 +154,7 @@ class Engine:
         once on this thread (:meth:`_round_here`)."""
         if here and self._claim(request.name):
             try:
+                self.stats["here"] += 1
                 self._pending.append(request)
                 self._start_round(negotiation.negotiate(self.ctrl_comm, self.mailbox, [request],
                                                         True))
@@ -195,6 +198,7 @@ class Engine:
         while self._round is entry:
             if entry.waiting:
                 mpi().Request.Waitall(entry.waiting)
+                entry.waiting = []          # (complete: nothing to test again)
             self._advance_round()
 
     def run_lone(self, plan, tensor, make_request: Callable[[], Request]):

@@ -597,6 +597,56 @@ def case_blocking_neighbor_allreduce_alone_meets_other_work_on_other_ranks():
 
 
 @sizes(2, 4)
+def case_blocking_ops_run_their_round_on_the_calling_thread():
+    """A blocking op (here without a name, so no lone round) finding the engine idle runs its
+    round and kernel on the calling thread; a loop of them under new names reuses the decision of
+    the first round.  Results are those of plain exchanges, whether the other ranks call the op
+    blocking or nonblocking, and when this rank has other work in flight the op is queued."""
+    from bluefog import context
+    engine = context.current().engine
+    stats = engine.stats
+    r, n = bf.rank(), bf.size()
+    x = torch.arange(6, dtype=torch.float64) * (r + 1) / 7
+    bf.set_skip_negotiate_stage(True)
+    try:
+        plain = bf.neighbor_allreduce(x)
+        dynamic = dict(self_weight=0.5, src_weights={(r - 1) % n: 0.5}, dst_weights=[(r + 1) % n])
+        plain_dynamic = bf.neighbor_allreduce(x, **dynamic)
+    finally:
+        bf.set_skip_negotiate_stage(False)
+    total = torch.arange(6, dtype=torch.float64) * sum(range(1, n + 1)) / 7
+    bf.barrier()
+    here, decided = stats["here"], len(engine.mailbox.decided)
+    for k in range(4):
+        if r % 2 and k % 2:
+            outs = [bf.synchronize(bf.neighbor_allreduce_nonblocking(x)),
+                    bf.synchronize(bf.neighbor_allreduce_nonblocking(x, **dynamic)),
+                    bf.synchronize(bf.allreduce_nonblocking(x, average=False)),
+                    bf.synchronize(bf.broadcast_nonblocking(x, 1))]
+        else:
+            outs = [bf.neighbor_allreduce(x), bf.neighbor_allreduce(x, **dynamic),
+                    bf.allreduce(x, average=False), bf.broadcast(x, 1)]
+        assert torch.equal(outs[0], plain) and torch.equal(outs[1], plain_dynamic), k
+        close(outs[2], total)
+        assert torch.equal(outs[3], torch.arange(6, dtype=torch.float64) * 2 / 7)
+    blocking_calls = 16 if r % 2 == 0 else 8
+    assert stats["here"] == here + blocking_calls, (stats["here"], here)
+    # one remembered verdict per kind of round (not per call), made by the first loop
+    assert len(engine.mailbox.decided) <= decided + 4, (len(engine.mailbox.decided), decided)
+    bf.barrier()
+    here = stats["here"]
+    if r == 0:                    # another op in flight here: the blocking op is queued
+        first = bf.allreduce_nonblocking(x, name="here.first")
+        second = bf.allreduce(x, name="here.second")
+        bf.synchronize(first)
+    else:
+        bf.allreduce(x, name="here.first")
+        second = bf.allreduce(x, name="here.second")
+    close(second, total / n)
+    assert r != 0 or stats["here"] == here, "a blocking op ran its round while another was in flight"
+
+
+@sizes(2, 4)
 def case_rounds_by_allgather_above_the_point_to_point_limit():
     """Worlds above ``P2P_ROUND_LIMIT`` ranks negotiate with one ``Iallgather`` per round (and carry
     no data); forced here by lowering the limit on every rank while the engine is idle."""
