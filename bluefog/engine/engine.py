@@ -13,9 +13,10 @@ Runtime model
   busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
   itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
   blocking MPI call would.
-* A blocking small allreduce or static neighbor_allreduce that finds nothing else in flight
-  skips the queue: its round, prepared once (``lone.py``), runs on the calling thread
-  (:meth:`Engine.run_lone`).
+* A blocking op that finds nothing else in flight skips the queue: ``submit(here=True)`` runs its
+  round on the calling thread, to its decision, which launches its kernel.  A named small
+  allreduce or static neighbor_allreduce goes further: its round, prepared once (``lone.py``),
+  needs no request (:meth:`Engine.run_lone`).
 * ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
   are negotiated, and fused, in one round.
 * With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
@@ -210,8 +211,7 @@ class Engine:
         if not negotiation.point_to_point(self.mailbox) or not self._claim(plan.name):
             return None
         try:
-            self._round_started, self._stall_warned = time.monotonic(), False
-            self._waiting_for = [plan.name]
+            self._watch([plan.name])
             try:
                 decided = plan.exchange(self.ctrl_comm, self.mailbox, tensor)
                 if decided:
@@ -497,8 +497,12 @@ class Engine:
 
     def _start_round(self, kernel):
         self._round = _Running([], kernel)
+        self._watch([req.name for req in self._pending[:5]])
+
+    def _watch(self, names: List[str]):
+        """A round waiting for the other ranks' ``names`` starts now (stall warnings)."""
         self._round_started, self._stall_warned = time.monotonic(), False
-        self._waiting_for = [req.name for req in self._pending[:5]]
+        self._waiting_for = names
 
     def _apply(self, decision: Decision):
         if self._epoch is not None:
