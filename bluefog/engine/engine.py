@@ -622,12 +622,17 @@ class Engine:
         # Requests in flight need frequent MPI calls to move (round messages, rendezvous
         # hand-shakes, single-copy reads): poll every ~0.1 ms while something moved recently, and
         # back off to 1 ms once nothing has moved for a while (peers are busy elsewhere).
+        # Fault-tolerant mode: a parked thread still runs MPI's progress engine every
+        # KEEP_ALIVE_SECONDS, which sends this rank's heartbeats (fault.keep_alive).
         backoff = Backoff(longest=1e-3, brisk=1e-4, brisk_for=5e-3)
+        parked = 1.0 if self.ft is None else fault.KEEP_ALIVE_SECONDS
         while True:
             with self._state:
                 while not self._closed and (self.idle() or self._waiters or self.suspended):
-                    self._state.wait(0.002 if self._waiters else 1.0)
+                    self._state.wait(0.002 if self._waiters else parked)
                     self._warn_if_stalled()
+                    if self.ft is not None:
+                        fault.keep_alive()
                 if self._closed:
                     return
             self._warn_if_stalled()

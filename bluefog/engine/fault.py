@@ -52,6 +52,18 @@ def is_failure(error: BaseException) -> bool:
     return isinstance(error, MPI.Exception) and error.Get_error_class() in failure_classes()
 
 
+# ULFM's failure detector runs inside MPI's progress engine (its own thread crashed ranks at
+# start-up: run/mpi_command.py), so an idle rank calls into MPI this often to send its heartbeats
+# and watch the peer it observes: well under the detector's period (1 s; with
+# BLUEFOG_FAILURE_TIMEOUT a quarter of it, at most 0.5 s: engine/mpi.py).
+KEEP_ALIVE_SECONDS = 0.1
+
+
+def keep_alive():
+    """One pass of MPI's progress engine, touching no communicator a failure could revoke."""
+    mpi().COMM_SELF.Iprobe(source=0, tag=0)
+
+
 class AgreementFailed(Exception):
     """An agreement ended with 0: some survivor saw a failure in this phase."""
 

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sys
+import time
 import traceback
 
 import torch
@@ -80,6 +81,17 @@ def scenario_collectives(facts):
         facts["dead_root"] = "no error"
     except PeerFailureError as error:
         facts["dead_root"] = type(error).__name__ + ": " + str(error)
+
+
+def scenario_idle(facts):
+    """4 ranks, none dies: rank 1 makes no MPI call of its own for 5 s, longer than the failure
+    timeout the test sets (2 s); its engine keeps its heartbeats going, so nobody declares it
+    dead."""
+    r = bf.rank()
+    first = bf.allreduce(torch.tensor([1.0]), average=False, name="before")
+    time.sleep(5.0 if r == 1 else 0.5)
+    then = bf.allreduce(torch.tensor([1.0]), average=False, name="after")
+    facts["counts"] = [first.item(), then.item()]
 
 
 def scenario_dynamic(facts):
