@@ -47,7 +47,7 @@ def _command(size, script_args, ulfm=True, forward=()):
 # Open MPI 5's failure detector, when it ran in a thread of its own, now and then aborted a job
 # with this message, with or without a failure, or a rank crashed (SIGSEGV) while MPI started; the
 # detector now runs in MPI's progress engine (run/mpi_command.py), which removed the start-up
-# crashes in 65 trial jobs.  A job ended so, where no rank got to write its facts, still runs
+# crashes in 105 trial jobs.  A job ended so, where no rank got to write its facts, still runs
 # again, up to twice.
 DETECTOR_CRASH = "Send error after request freed"
 

@@ -55,7 +55,7 @@ FAILURE_TIMEOUT_ENV = "BLUEFOG_FAILURE_TIMEOUT"
 # Failure detection under --fault-tolerant (Open MPI's ULFM), as measured in docs/fault-tolerance.md:
 # shared memory plus the heartbeat detector; $BLUEFOG_FAILURE_TIMEOUT replaces the timeout.  The
 # detector runs in MPI's progress engine, not in a thread of its own: with its thread, about 1 job in
-# 10 had a rank segfault at start (4 of 40 trivial 4-rank jobs, 0 of 65 without).  An idle rank's
+# 10 had a rank segfault at start (5 of 55 trivial 4-rank jobs, 0 of 105 without).  An idle rank's
 # engine keeps MPI progressing (engine/fault.py, keep_alive).
 FAULT_TOLERANT_MCA = (
     ("mpi_ft_detector", "true"),
