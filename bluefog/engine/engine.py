@@ -182,8 +182,7 @@ class Engine:
         calling thread; False (nothing taken) when the engine is busy or closed, ``name`` is in
         flight, or rounds need the engine's own pass (fault-tolerant or skip-negotiate mode, a
         timeline)."""
-        if (self.ft is not None or self.skip_negotiation or _timeline.TIMELINE is not None
-                or not self._drive.acquire(blocking=False)):
+        if not self._rounds_may_run_here() or not self._drive.acquire(blocking=False):
             return False
         with self._state:
             if not self._closed and self.idle() and name not in self._names:
@@ -191,6 +190,11 @@ class Engine:
                 return True
         self._drive.release()
         return False
+
+    def _rounds_may_run_here(self) -> bool:
+        """Rounds may run on a calling thread: not in fault-tolerant mode (epochs) or
+        skip-negotiate mode, and no timeline recording the engine's pass."""
+        return self.ft is None and not self.skip_negotiation and _timeline.TIMELINE is None
 
     def _round_to_decision(self):
         """Drive the round in flight on this thread, waiting inside MPI, until it is decided (which
@@ -208,7 +212,7 @@ class Engine:
         lone rounds do not apply (the caller then submits it as usual).  When the round shows
         another rank with something else, ``make_request()`` gives the op to the engine's round,
         read in full and driven here."""
-        if not negotiation.point_to_point(self.mailbox) or not self._claim(plan.name):
+        if not self.may_run_lone() or not self._claim(plan.name):
             return None
         try:
             self._watch([plan.name])
@@ -239,8 +243,7 @@ class Engine:
 
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
-        return (self.ft is None and not self.skip_negotiation and _timeline.TIMELINE is None
-                and negotiation.point_to_point(self.mailbox))
+        return self._rounds_may_run_here() and negotiation.point_to_point(self.mailbox)
 
     def keep_lone_plan(self, key, plan):
         """Remember a prepared lone round (at most ``MAX_LONE_PLANS``: then start over)."""

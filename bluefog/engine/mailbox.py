@@ -113,10 +113,11 @@ class Mailbox:
         payloads, end = self.stage(record, carrying)
         others = self.record.others
         if len(payloads) <= 1:        # two prefixes of the outbox: record + data, record alone
-            requests = receives + self.sends(comm, end, [r for r in others if r in carrying])
-            if len(carrying) < len(others):
-                requests = requests + self.sends(comm, record.nbytes,
-                                                 [r for r in others if r not in carrying])
+            requests = receives
+            for length, dests in ((end, [r for r in others if r in carrying]),
+                                  (record.nbytes, [r for r in others if r not in carrying])):
+                if dests:
+                    requests = requests + self.sends(comm, length, dests)
             MPI.Prequest.Startall(requests)
             return requests
         MPI.Prequest.Startall(receives)
