@@ -634,7 +634,7 @@ class Engine:
                 while not self._closed and (self.idle() or self._waiters or self.suspended):
                     self._state.wait(0.002 if self._waiters else parked)
                     self._warn_if_stalled()
-                    if self.ft is not None:
+                    if self.ft is not None and not self._waiters:   # (a waiter drives MPI)
                         fault.keep_alive()
                 if self._closed:
                     return
