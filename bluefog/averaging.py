@@ -71,11 +71,6 @@ _SUMMED_AS = {d: (numpy_dtype(d), numpy_dtype(compute_dtype(d)))
                         torch.int32, torch.int64, torch.uint8)}
 
 
-def numpy_computes(x: torch.Tensor) -> bool:
-    """:func:`uniform_average` of ``x`` runs in numpy (float32 / float64 CPU outside autograd)."""
-    return _numpy_kind(x) is not None
-
-
 def _numpy_kind(x: torch.Tensor):
     dtype = x.dtype
     if not x.is_cpu or x.requires_grad:

@@ -283,15 +283,15 @@ def test_combined_from_round_reads_bytes():
     sends = [(2, None)]
     for combine, expected in [(mix.uniform(), ref_uniform(x, parts)),
                               (mix.weighted(0.5, [0.25, 0.25]), None)]:
-        got = kernels._combined_from_round(x, sends, [1, 3], combine, carried)
+        got = kernels.combined_from_round(x, sends, [1, 3], combine, carried)
         if expected is None:
             assert close_to(got, ref_weighted(x, parts, 0.5, [0.25, 0.25]), torch.float32)
         else:
             assert torch.equal(got, expected)
     # something not carried: the kernel exchanges instead
-    assert kernels._combined_from_round(x, [(2, None), (5, None)], [1, 3], mix.uniform(),
+    assert kernels.combined_from_round(x, [(2, None), (5, None)], [1, 3], mix.uniform(),
                                         carried) is None
-    assert kernels._combined_from_round(x, sends, [1, 4], mix.uniform(), carried) is None
+    assert kernels.combined_from_round(x, sends, [1, 4], mix.uniform(), carried) is None
 
 
 def test_averaging_is_a_leaf_module():

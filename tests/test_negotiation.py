@@ -148,22 +148,27 @@ def test_allreduce_data_is_stacked_only_when_every_rank_carried_to_all():
     assert decisions[1].carried is None and decisions[0].carried is None
 
 
-def test_a_prepared_lone_round_expects_what_an_ordinary_round_sends():
-    """The records a lone round sends and expects are the ones ``Record.encode`` makes for an
-    ordinary round of that op alone: same bytes on the wire, so the ranks agree either way."""
+def test_a_lone_round_sends_an_ordinary_record_and_takes_the_remembered_verdict():
+    """A lone round sends the record ``Record.encode`` makes for an ordinary round of its op alone,
+    its data right after it; its verdict is the one the ordinary round remembered."""
     import torch
     size, me = 3, 1
-    request = op("a", nbytes=16, carry_to_all=True)
-    box = Mailbox(Record(size, me), point_to_point=True)
-    plan = LoneRound(box, request, torch.zeros(4), box.record.all_but, None, lambda x, rows: rows)
-    record = Record(size, me)
-    assert plan.record == record.encode([request], True, record.others)
-    for r, words in plan.expected:
-        assert [1] + words == record.encode([request], True, record.all_but[r])
-    # its data rows are the inbox's, this rank's own the outbox, right after the record
-    box.inbox[:, plan.start:plan.length] = np.arange(size, dtype=np.float32).repeat(4)[:, None].view(
-        np.uint8).reshape(size, 16)
-    assert plan.result(None).view(np.float32).tolist() == [[r] * 4 for r in range(size)]
+    datas = [np.full(4, r + 1, dtype=np.float32).view(np.uint8) for r in range(size)]
+    everyone = [{d: datas[r] for d in range(size) if d != r} for r in range(size)]
+    pendings = [[op("a", nbytes=16, carry_to_all=True)] for _ in range(size)]
+    boxes, decisions = loopback(size, pendings, everyone)          # an ordinary round
+    box = boxes[me]
+    request = pendings[me][0]
+    request.carry = lambda: everyone[me]
+    plan = LoneRound(box, request, torch.zeros(4), lambda x, carried: carried)
+    assert plan.record == box.record.encode([request], True, [0, 2]) == box.mine_list
+    assert (plan.data_to, plan.record_to) == ((0, 2), ())
+    assert (plan.start, plan.length) == (8 * (box.record.heads + 3), 8 * (box.record.heads + 3) + 16)
+    dim0s, carried = box.recall(request.signature)
+    assert carried is decisions[me].carried and dim0s == (4, 4, 4)
+    assert carried.stacked.view(np.float32).tolist() == [[r + 1.0] * 4 for r in range(size)]
+    box.inbox[0, 8 * box.record.heads] ^= 1                   # rank 0 sent another op's record
+    assert box.recall(request.signature) is None
 
 
 # ---- decisions remembered ------------------------------------------------------------------------
@@ -199,9 +204,9 @@ def test_only_one_head_tables_with_one_op_everywhere_are_remembered():
     boxes, decisions = loopback(2, [[op("a")], [op("a"), op("b")]])
     assert names(decisions[0]) == ["a"] and not boxes[0].decided
     boxes, _ = loopback(2, [[op("a")], [op("a")]])
-    assert boxes[0].records_key(op("a")) is not None
+    assert boxes[0].records_key(op("a").signature) is not None
     boxes[1].inbox[0, 8 * boxes[1].record.heads] ^= 1         # rank 0's digest, as rank 1 saw it
-    assert boxes[1].records_key(op("a")) is None
+    assert boxes[1].records_key(op("a").signature) is None
 
 
 # ---- the slow decision ---------------------------------------------------------------------------

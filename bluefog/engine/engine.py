@@ -14,9 +14,9 @@ Runtime model
   itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
   blocking MPI call would.
 * A blocking op that finds nothing else in flight skips the queue: ``submit(here=True)`` runs its
-  round on the calling thread, to its decision, which launches its kernel.  A named small
-  allreduce or static neighbor_allreduce goes further: its round, prepared once (``lone.py``),
-  needs no request (:meth:`Engine.run_lone`).
+  round on the calling thread, to its decision, which launches its kernel.  A small
+  allreduce or static neighbor_allreduce, named or not, goes further: its round, prepared once
+  per op, dtype and shape (``lone.py``), needs no request (:meth:`Engine.run_lone`).
 * ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
   are negotiated, and fused, in one round.
 * With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
@@ -35,10 +35,11 @@ from typing import Callable, List, Optional
 from bluefog.engine import fault, negotiation
 from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
+from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
 from bluefog.engine.polling import CALLER_SPINS, Backoff
 from bluefog.engine.record import Decision
-from bluefog.engine.request import Launch, Request
+from bluefog.engine.request import Launch, Request, digest_of
 from bluefog.errors import SHUT_DOWN, ShutdownError
 from bluefog.timeline import tracer as _timeline   # hooks below: one `is not None` test when off
 
@@ -97,7 +98,8 @@ class Engine:
     def __init__(self, world, cycle_time_ms: float = 0.5, fusion_threshold: int = 8 << 20,
                  fault_tolerant: bool = False):
         MPI = mpi()
-        self.lone_plans: dict = {}   # prepared lone rounds by the op's own key (see lone.py)
+        # prepared lone rounds by the op's own key (see lone.py; at most MAX_LONE_PLANS)
+        self.lone_plans = BoundedCache(MAX_LONE_PLANS)
         self.size = world.Get_size()
         self.rank = world.Get_rank()
         # fault-tolerant mode (fault.py): survivors' communicators, epochs that end in agreements
@@ -206,30 +208,30 @@ class Engine:
                 entry.waiting = []          # (complete: nothing to test again)
             self._advance_round()
 
-    def run_lone(self, plan, tensor, make_request: Callable[[], Request]):
-        """A blocking small op prepared as a lone round (``lone.LoneRound``): run it on this thread
-        now if nothing else is in flight, and return its output; None when the engine is busy or
-        lone rounds do not apply (the caller then submits it as usual).  When the round shows
-        another rank with something else, ``make_request()`` gives the op to the engine's round,
-        read in full and driven here."""
-        if not self.may_run_lone() or not self._claim(plan.name):
+    def run_lone(self, plan, name: str, tensor, make_request: Callable[[], Request]):
+        """A blocking small op named ``name``, prepared as a lone round (``lone.LoneRound``): run
+        it on this thread now if nothing else is in flight, and return its output; None when the
+        engine is busy or lone rounds do not apply (the caller then submits it as usual).  When the
+        mailbox has no verdict for the round's records, or not all the data came with them,
+        ``make_request()`` gives the op to the engine's settling of that round, driven here."""
+        if not self.may_run_lone() or not self._claim(name):
             return None
         try:
-            self._watch([plan.name])
+            self._watch([name])
             try:
-                decided = plan.exchange(self.ctrl_comm, self.mailbox, tensor)
-                if decided:
-                    output = plan.result(tensor)
+                carried = plan.exchange(self.ctrl_comm, self.mailbox, tensor,
+                                        digest_of(name, plan.signature))
+                output = None if carried is None else plan.compute(tensor, carried)
             except BaseException:
-                self._forget(plan.name)
+                self._forget(name)
                 raise
             finally:
                 self._round_started = None
-            if decided:
+            if output is not None:
                 self._count_kernel(1, carried=True)
                 self.stats["lone"] += 1
                 self._unproductive = 0
-                self._forget(plan.name)
+                self._forget(name)
                 return output
             self.stats["handed_over"] += 1
             request = make_request()
@@ -244,12 +246,6 @@ class Engine:
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
         return self._rounds_may_run_here() and negotiation.point_to_point(self.mailbox)
-
-    def keep_lone_plan(self, key, plan):
-        """Remember a prepared lone round (at most ``MAX_LONE_PLANS``: then start over)."""
-        if len(self.lone_plans) >= MAX_LONE_PLANS:
-            self.lone_plans.clear()
-        self.lone_plans[key] = plan
 
     def _forget(self, name: str):
         with self._state:

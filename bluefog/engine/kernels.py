@@ -114,7 +114,7 @@ class MpiRoute(Route):
     def neighbor_allreduce(self, tensor, sends, recvs, combine, launch, defer=False):
         carried = launch.carried
         if carried is not None and not defer:
-            output = _combined_from_round(tensor, sends, recvs, combine, carried)
+            output = combined_from_round(tensor, sends, recvs, combine, carried)
             if output is not None:
                 return output
         slots = yield from exchange(self.comm, launch.tag, tensor, sends, recvs, carried=carried)
@@ -246,13 +246,17 @@ def carry(tensor: torch.Tensor, sends: Sends):
     return {d: by_weight[w] for d, w in sends}
 
 
-def _combined_from_round(tensor, sends, recvs, combine, carried):
+def combined_from_round(tensor, sends, recvs, combine, carried):
     """When everything moved with the round (all sent, all received): ``combine`` (an
     ``averaging.Combine``) applied straight to the round's bytes; else None."""
-    received, delivered = carried.received, carried.delivered
-    if any(d not in delivered for d, _ in sends) or any(r not in received for r in recvs):
+    if len(carried.delivered) != len(sends):    # (what was delivered: some of ``sends``)
         return None
-    return combine(tensor, [received[r] for r in recvs])
+    received = carried.received
+    try:
+        rows = [received[r] for r in recvs]
+    except KeyError:
+        return None
+    return combine(tensor, rows)
 
 
 def hierarchical_neighbor_allreduce(comm, tag: int, tensor: torch.Tensor, members: Sequence[int],

@@ -40,7 +40,7 @@ class Mailbox:
         if rows:
             self.outbox = self.inbox[record.me]
             self.mine = self.outbox[:8 * record.length].view(np.uint64)
-            # every record up to its first head: all a prepared round needs to read (lone.py)
+            # every record up to its first head: what a remembered verdict is keyed by
             self.first_heads = self.inbox[:, :8 * (record.heads + 3)].view(np.uint64)
         else:
             self.mine = np.zeros(record.length, dtype=np.uint64)
@@ -72,15 +72,24 @@ class Mailbox:
             rows.append(words[:used(words)].tolist())
         return rows
 
-    def records_key(self, head: Request):
-        """After a point-to-point round whose records each hold one head, ``head`` on every rank
-        (same digest): a key equal for equal tables of records but for the op's name (the
-        signature stands for the digest); None otherwise.  A loop of nameless ops, each under a
-        new name, repeats its key."""
-        heads, digest = self.first_heads, self.record.heads
-        if set(heads[:, 1].tolist()) != {1} or len(set(heads[:, digest].tolist())) != 1:
-            return None
-        return heads[:, :digest].tobytes(), heads[:, digest + 1:].tobytes(), head.signature
+    def records_key(self, signature):
+        """After a point-to-point round whose records each hold one head, the same op's on every
+        rank (one digest), of ``signature``: a key equal for equal tables of records but for the
+        op's name and who was blocked (the signature stands for the digest; the decision reads
+        neither); None otherwise.  A loop of nameless ops, each under a new name, repeats its key."""
+        rows, digest = self.first_heads.tolist(), self.record.heads
+        first = rows[0][digest]
+        for row in rows:
+            if row[1] != 1 or row[digest] != first:
+                return None
+            row[0] = row[digest] = 0            # (who was blocked; the name)
+        return tuple(map(tuple, rows)), signature
+
+    def recall(self, signature):
+        """The verdict remembered for this round's table of records (:meth:`records_key`): every
+        rank's first dim and the data carried (a ``Carried`` or None); None if there is none."""
+        key = self.records_key(signature)
+        return None if key is None else self.decided.get(key)
 
     def carried_data(self, rows: List[List[int]], req: Request,
                      delivered: FrozenSet[int]) -> Optional[Carried]:
@@ -108,22 +117,29 @@ class Mailbox:
         into its inbox row; send each the record (at the head of the outbox) and the data carried
         there.  One carried array (the usual case) is put after the record in the outbox, so every
         message is a slice of it; that same message to everyone goes by persistent requests."""
-        MPI = mpi()
-        receives = self.receives(comm)
         payloads, end = self.stage(record, carrying)
         others = self.record.others
         if len(payloads) <= 1:        # two prefixes of the outbox: record + data, record alone
-            requests = receives
-            for length, dests in ((end, [r for r in others if r in carrying]),
-                                  (record.nbytes, [r for r in others if r not in carrying])):
-                if dests:
-                    requests = requests + self.sends(comm, length, dests)
-            MPI.Prequest.Startall(requests)
-            return requests
-        MPI.Prequest.Startall(receives)
+            return self.start(comm, record.nbytes, end, [r for r in others if r in carrying],
+                              [r for r in others if r not in carrying])
+        receives = self.receives(comm)
+        mpi().Prequest.Startall(receives)
         joined = {}                                           # one message per distinct payload
         return receives + [comm.Isend(_joined(joined, record, carrying.get(r)), dest=r,
                                       tag=ROUND_TAG) for r in others]
+
+    def start(self, comm, record_end: int, data_end: int, data_to: Sequence[int],
+              record_to: Sequence[int]) -> list:
+        """Start a round whose messages are prefixes of the outbox: receive every other rank's;
+        send the first ``data_end`` bytes (record and data) to ``data_to``, the first
+        ``record_end`` (the record) to ``record_to``.  Returns the requests."""
+        requests = self.receives(comm)
+        if data_to:
+            requests = requests + self.sends(comm, data_end, data_to)
+        if record_to:
+            requests = requests + self.sends(comm, record_end, record_to)
+        mpi().Prequest.Startall(requests)
+        return requests
 
     def stage(self, record: np.ndarray, carrying: Dict[int, np.ndarray]):
         """Put the one carried array, if there is just one, after ``record`` in the outbox; return

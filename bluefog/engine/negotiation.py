@@ -91,7 +91,7 @@ def settle_received(comm, box: Mailbox, pending: List[Request], delivered: Froze
     """:func:`settle` of a point-to-point round, from the records in the inbox.  A table of
     one-head records decided before (``Mailbox.records_key``: equal but for the op's name) gets
     the remembered verdict without being read or decided again.  A kernel."""
-    key = box.records_key(pending[0])
+    key = box.records_key(pending[0].signature)
     known = box.decided.get(key) if key is not None else None
     if known is not None:
         dim0s, carried = known

@@ -54,15 +54,20 @@ class Request:
     inplace: Any = None
 
     def digest(self) -> int:
-        """A 63-bit hash of name + signature, identical on every rank for matching calls
-        (remembered for the last few thousand pairs: loops submit the same ops again and again)."""
-        key = (self.name, self.signature)
-        found = _digests.get(key)
-        if found is None:
-            text = repr(key).encode()
-            found = _digests.put(key, int.from_bytes(
-                hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
-        return found
+        """:func:`digest_of` this request's name and signature."""
+        return digest_of(self.name, self.signature)
+
+
+def digest_of(name: str, signature: Tuple) -> int:
+    """A 63-bit hash of ``name`` + ``signature``, identical on every rank for matching calls
+    (remembered for the last few thousand pairs: loops submit the same ops again and again)."""
+    key = (name, signature)
+    found = _digests.get(key)
+    if found is None:
+        text = repr(key).encode()
+        found = _digests.put(key, int.from_bytes(
+            hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
+    return found
 
 
 _digests = BoundedCache(4096)

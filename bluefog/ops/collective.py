@@ -64,19 +64,19 @@ def allreduce_(tensor, average=True, is_hierarchical_local=False, name=None):
 
 
 def _blocking_allreduce(tensor, average, is_hierarchical_local, name, inplace):
-    """A named small CPU allreduce runs as a lone round when nothing else is in flight."""
-    args = (tensor, average, is_hierarchical_local, name, inplace)
-    key = None if name is None or is_hierarchical_local else ("allreduce", name, average, inplace)
-    return blocking_lone(live_context(), key, tensor, lambda: _allreduce_request(*args),
-                         lambda request, engine: _lone_plan(engine, request, tensor, average, inplace))
+    """A small CPU allreduce runs as a lone round when nothing else is in flight."""
+    key = None if is_hierarchical_local else ("allreduce", average, inplace)
+    return blocking_lone(live_context(), key, "allreduce", name, tensor, lambda name: (
+        _allreduce_request(tensor, average, is_hierarchical_local, name, inplace)),
+        lambda request, engine: _lone_plan(engine, request, tensor, average, inplace))
 
 
 def _lone_plan(engine, request, tensor, average, inplace) -> LoneRound:
     """The lone round of a blocking allreduce: every rank carries to every other; the rows are
     added in rank order (``summed_rows``, as the kernel of an allreduce carried to all does)."""
     divisor = engine.size if average else 1
-    return LoneRound(engine.mailbox, request, tensor, engine.mailbox.record.all_but, None,
-                     lambda x, rows: summed_rows(rows, x, x if inplace else None, divisor))
+    return LoneRound(engine.mailbox, request, tensor, lambda x, carried: summed_rows(
+        carried.stacked, x, x if inplace else None, divisor))
 
 
 def broadcast_nonblocking_(tensor, root_rank, name=None):

@@ -32,13 +32,6 @@ class Uniform:
     def __call__(self, x: torch.Tensor, rows, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         return averaging.uniform_average(x, rows, self.slots, self.divisor_scale, out)
 
-    def reads_bytes(self, x: torch.Tensor, count: int) -> bool:
-        """Worth computing from a round's bytes for ``x`` and ``count`` received rows: numpy
-        does it (:func:`~bluefog.averaging.numpy_computes`) and there is something to
-        average."""
-        chosen = count if self.slots is None else len(self.slots)
-        return (chosen + 1) * self.divisor_scale != 1 and averaging.numpy_computes(x)
-
 
 @dataclasses.dataclass(frozen=True)
 class Weighted:

@@ -76,6 +76,16 @@ def signature(kind: str, tensor: torch.Tensor, *extra, with_dim0: bool = True) -
 _DTYPE_NAMES = {}
 
 
+def op_name(prefix: str, name: Optional[str]) -> str:
+    """The engine's name of an op: ``prefix.name``, or ``prefix.noname.N`` for the N-th nameless
+    op this process submits (every rank counts the same calls, so the names match)."""
+    if name is None:
+        name = f"noname.{next(_nameless)}"
+    elif not isinstance(name, str):
+        raise TypeError(f"Argument name must be a str or None, got {type(name).__name__}.")
+    return f"{prefix}.{name}"
+
+
 class Submission:
     """Build a request under the op's internal name and hand it to the engine.
 
@@ -89,11 +99,7 @@ class Submission:
         self.handle = Handle("", output)
         self.route = None              # for CUDA tensors: cuda.NCCL or cuda.STAGED
         self.kernels = None            # the route's kernels (kernels.Route), set by place
-        if name is None:
-            name = f"noname.{next(_nameless)}"   # counts only submitted nameless ops
-        elif not isinstance(name, str):
-            raise TypeError(f"Argument name must be a str or None, got {type(name).__name__}.")
-        self.handle.name = f"{prefix}.{name}"
+        self.handle.name = op_name(prefix, name)
 
     def place(self, op: str, tensor: torch.Tensor, inplace: bool = False, comm=None) -> torch.Tensor:
         """Choose the route ``self.kernels`` over ``comm`` (default: the engine's data comm) and
@@ -210,23 +216,30 @@ def blocking(start: Callable, *args, **kwargs):
         engine.remove_waiter()
 
 
-def blocking_lone(ctx, key, tensor, build: Callable[[], Request], plan: Callable[..., object]):
-    """A blocking op that may run as a lone round (``engine/lone.py``): the plan kept under
-    ``key`` (None: never, e.g. a nameless op), made by ``plan(request, engine)`` (None where it
-    cannot apply) when missing or made for another dtype or shape; otherwise, or when the engine
-    is busy, ``build()``'s request is submitted and waited for.  ``ctx``: the live context."""
+def blocking_lone(ctx, key, prefix: str, name, tensor, build: Callable[[str], Request],
+                  plan: Callable[..., object]):
+    """A blocking op that may run as a lone round (``engine/lone.py``): ``key`` (None: never)
+    names the op and its arguments; the plan of ``key``, ``tensor``'s dtype and shape is made by
+    ``plan(request, engine)`` on first use.  ``build(name)`` makes the op's request under
+    ``name`` (``op_name(prefix, name)`` to the engine), submitted and waited for when the plan
+    does not apply or the engine is busy.  ``ctx``: the live context."""
+    if key is None or not LoneRound.may_take(tensor):
+        return blocking(submit, build(name))
     engine = ctx.engine
+    key += (tensor.dtype, tensor.shape)
     lone = engine.lone_plans.get(key)
-    if lone is None or not lone.fits(tensor):
-        if key is None or not LoneRound.may_take(tensor) or not engine.may_run_lone():
-            return blocking(submit, build())
-        request = build()                        # (checks the arguments)
-        lone = plan(request, engine) if 0 < request.nbytes <= CARRY_MAX else None
-        if lone is None:
+    if lone is None:
+        request = build(name)        # (checks the arguments; a nameless call takes its number)
+        if not engine.may_run_lone() or not 0 < request.nbytes <= CARRY_MAX:
             return blocking(submit, request)
-        engine.keep_lone_plan(key, lone)
-    output = engine.run_lone(lone, tensor, build)
-    return blocking(submit, build()) if output is None else output
+        assert request.name.startswith(prefix + "."), (request.name, prefix)
+        lone = engine.lone_plans.put(key, plan(request, engine))
+        full = request.name
+    else:
+        full = op_name(prefix, name)              # (a nameless call takes its number)
+    name = full[len(prefix) + 1:]
+    output = engine.run_lone(lone, full, tensor, lambda: build(name))
+    return blocking(submit, build(name)) if output is None else output
 
 
 def require(condition: bool, message: str):

@@ -4,7 +4,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from bluefog.context import neighbors
 from bluefog.engine import kernels
 from bluefog.engine.lone import LoneRound
 from bluefog.engine.request import Request
@@ -222,23 +221,20 @@ def neighbor_allreduce(tensor, *, self_weight=None, src_weights=None, dst_weight
         x = bf.neighbor_allreduce(x, self_weight=0.5, src_weights={(r - 1) % n: 0.5},
                                   dst_weights=[(r + 1) % n])            # one-peer ring
     """
-    args = (tensor, self_weight, src_weights, dst_weights, enable_topo_check, name)
     static = self_weight is None and src_weights is None and dst_weights is None
     ctx = live_context()
-    key = (("neighbor_allreduce", name, ctx.topology, ctx.is_weighted)
-           if static and name is not None else None)
-    return blocking_lone(ctx, key, tensor, lambda: _neighbor_allreduce_request(*args),
-                         lambda request, engine: _lone_plan(ctx, engine, request, tensor))
+    key = ("neighbor_allreduce", ctx.topology, ctx.is_weighted) if static else None
+    return blocking_lone(ctx, key, "neighbor.allreduce", name, tensor, lambda name: (
+        _neighbor_allreduce_request(tensor, self_weight, src_weights, dst_weights,
+                                    enable_topo_check, name)),
+        lambda request, engine: _lone_plan(ctx, engine, request, tensor))
 
 
-def _lone_plan(ctx, engine, request, tensor) -> Optional[LoneRound]:
-    """The lone round of a static ``neighbor_allreduce`` whose result numpy computes from the
-    received bytes (a uniform average of float32 / float64 with at least one in-neighbor)."""
-    _, recvs, combine, _ = _static_plan(ctx)
-    if not (isinstance(combine, mix.Uniform) and combine.reads_bytes(tensor, len(recvs))):
-        return None
-    out_neighbors = [neighbors(ctx.topology, r, incoming=False) for r in range(ctx.size)]
-    return LoneRound(engine.mailbox, request, tensor, out_neighbors, recvs, combine)
+def _lone_plan(ctx, engine, request, tensor) -> LoneRound:
+    """The lone round of a static ``neighbor_allreduce``: its kernel's combine of what came."""
+    sends, recvs, combine, _ = _static_plan(ctx)
+    return LoneRound(engine.mailbox, request, tensor, lambda x, carried: kernels.combined_from_round(
+        x, sends, recvs, combine, carried))
 
 
 def neighbor_allgather_nonblocking(tensor, *, src_ranks=None, dst_ranks=None, enable_topo_check=True,
