@@ -81,7 +81,7 @@ def report(args, runs):
         print(f"| {label} | {fn.text()} | {on.text()} | {ratio(on, fn)} | {sn.text()} "
               f"| {ratio(sn, fn)} | {fa.text()} | {oa.text()} | {ratio(oa, fa)} | {ia.text()} "
               f"| {ratio(ia, fa)} |")
-    print("\nThe same ops without a name (a new internal name per call, so no lone round):\n")
+    print("\nThe same ops without a name (a new internal name per call):\n")
     print("| size | neighbor_allreduce | ratio | allreduce | ratio |")
     print("|---|---|---|---|---|")
     for label in args.sizes.split(","):
