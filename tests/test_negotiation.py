@@ -188,6 +188,17 @@ def test_a_decided_table_is_remembered_for_the_same_op_under_a_new_name():
         assert b.carried is a.carried and len(box.decided) == 1
 
 
+def test_a_verdict_is_shared_by_blocked_and_unblocked_ranks():
+    """Whether a rank waits (a blocking call) is in its record but not in the verdict's key: the
+    fast decision does not read it."""
+    boxes, first = loopback(2, [[op("a")]] * 2, blocked=True)
+    for box in boxes:
+        box.received_rows = None                     # (reading the records again would fail)
+    _, second = loopback(2, [[op("a")]] * 2, blocked=False, boxes=boxes)
+    assert [d.ready[0][1] for d in second] == [d.ready[0][1] for d in first] == [(4, 4)] * 2
+    assert all(len(box.decided) == 1 for box in boxes)
+
+
 def test_remembered_verdicts_tell_tables_and_signatures_apart():
     size = 2
     boxes, _ = loopback(size, [[op("a")]] * size)
