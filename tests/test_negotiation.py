@@ -171,6 +171,19 @@ def test_a_lone_round_sends_an_ordinary_record_and_takes_the_remembered_verdict(
     assert box.recall(request.signature) is None
 
 
+def test_a_prepared_round_makes_the_digest_a_request_makes():
+    """A lone round hashes each call's name onto its signature's hash, prepared once; the digest
+    is the one the op's request gives, so ranks on either path agree."""
+    from bluefog.engine.request import digest_of, name_digest, signature_hash
+    request = op("allreduce.noname.7")
+    hashed = signature_hash(request.signature)
+    assert name_digest(hashed, request.name) == request.digest() == digest_of(request.name,
+                                                                              request.signature)
+    assert name_digest(hashed, "allreduce.noname.8") != request.digest()
+    assert name_digest(hashed, request.name) == request.digest()      # (the prepared hash is kept)
+    assert 0 <= request.digest() < 1 << 63
+
+
 # ---- decisions remembered ------------------------------------------------------------------------
 
 def test_a_decided_table_is_remembered_for_the_same_op_under_a_new_name():

@@ -39,7 +39,7 @@ from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
 from bluefog.engine.polling import CALLER_SPINS, Backoff
 from bluefog.engine.record import Decision
-from bluefog.engine.request import Launch, Request, digest_of
+from bluefog.engine.request import Launch, Request, name_digest
 from bluefog.errors import SHUT_DOWN, ShutdownError
 from bluefog.timeline import tracer as _timeline   # hooks below: one `is not None` test when off
 
@@ -220,7 +220,7 @@ class Engine:
             self._watch([name])
             try:
                 carried = plan.exchange(self.ctrl_comm, self.mailbox, tensor,
-                                        digest_of(name, plan.signature))
+                                        name_digest(plan.hashed, name))
                 output = None if carried is None else plan.compute(tensor, carried)
             except BaseException:
                 self._forget(name)

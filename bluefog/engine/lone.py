@@ -21,7 +21,7 @@ the round as it settles any round (:meth:`Engine.run_lone`), which remembers its
 Example::
 
     plan = LoneRound(box, request, tensor, compute)   # compute(tensor, carried) -> output or None
-    carried = plan.exchange(comm, box, tensor, request.digest())
+    carried = plan.exchange(comm, box, tensor, name_digest(plan.hashed, name))
     total = None if carried is None else plan.compute(tensor, carried)
 """
 
@@ -34,7 +34,7 @@ from bluefog.engine.mailbox import Mailbox
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
 from bluefog.engine.record import Carried
-from bluefog.engine.request import Request
+from bluefog.engine.request import Request, signature_hash
 
 
 class LoneRound:
@@ -44,13 +44,14 @@ class LoneRound:
     returns None when not everything it needs came with the round.
     """
 
-    __slots__ = ("signature", "record", "words", "header", "digest_at", "start", "length", "mine",
-                 "data_to", "record_to", "delivered", "compute")
+    __slots__ = ("signature", "hashed", "record", "words", "header", "digest_at", "start",
+                 "length", "mine", "data_to", "record_to", "delivered", "compute")
 
     def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
                  compute: Callable[[torch.Tensor, Carried], Optional[torch.Tensor]]):
         record = box.record
         self.signature = request.signature
+        self.hashed = signature_hash(request.signature)     # each call's digest continues it
         self.data_to = tuple(sorted(request.carry()))
         self.record = record.encode([request], True, self.data_to)
         self.words = np.array(self.record, dtype=np.uint64)
@@ -72,9 +73,9 @@ class LoneRound:
 
     def exchange(self, comm, box: Mailbox, tensor: torch.Tensor, digest: int) -> Optional[Carried]:
         """Run the round of the call whose name and signature hash to ``digest``
-        (``request.digest_of``): send this rank's record (with its data where it carries it),
-        receive everyone's.  The data that came, when the mailbox remembers a verdict for this
-        table of records (the op is decided); None otherwise."""
+        (``request.name_digest(plan.hashed, name)``): send this rank's record (with its data where
+        it carries it), receive everyone's.  The data that came, when the mailbox remembers a
+        verdict for this table of records (the op is decided); None otherwise."""
         self.record[self.digest_at] = self.words[self.digest_at] = digest
         box.outbox[:self.start] = self.header
         np.copyto(self.mine, tensor.numpy().reshape(-1))

@@ -59,15 +59,26 @@ class Request:
 
 
 def digest_of(name: str, signature: Tuple) -> int:
-    """A 63-bit hash of ``name`` + ``signature``, identical on every rank for matching calls
+    """A 63-bit hash of ``signature`` then ``name``, identical on every rank for matching calls
     (remembered for the last few thousand pairs: loops submit the same ops again and again)."""
     key = (name, signature)
     found = _digests.get(key)
     if found is None:
-        text = repr(key).encode()
-        found = _digests.put(key, int.from_bytes(
-            hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
+        found = _digests.put(key, name_digest(signature_hash(signature), name))
     return found
+
+
+def signature_hash(signature: Tuple):
+    """The hash of ``signature``, which :func:`name_digest` continues with a name."""
+    return hashlib.blake2b(repr(signature).encode() + b"\0", digest_size=8)
+
+
+def name_digest(hashed_signature, name: str) -> int:
+    """:func:`digest_of` ``name`` and a signature, from the signature's :func:`signature_hash`
+    (made once by a prepared round, whose every call has a name of its own)."""
+    hashed = hashed_signature.copy()
+    hashed.update(name.encode())
+    return int.from_bytes(hashed.digest(), "little") >> 1
 
 
 _digests = BoundedCache(4096)
