@@ -39,7 +39,7 @@ from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
 from bluefog.engine.polling import CALLER_SPINS, Backoff
 from bluefog.engine.record import Decision
-from bluefog.engine.request import Launch, Request, name_digest
+from bluefog.engine.request import Launch, Request
 from bluefog.errors import SHUT_DOWN, ShutdownError
 from bluefog.timeline import tracer as _timeline   # hooks below: one `is not None` test when off
 
@@ -214,13 +214,12 @@ class Engine:
         engine is busy or lone rounds do not apply (the caller then submits it as usual).  When the
         mailbox has no verdict for the round's records, or not all the data came with them,
         ``make_request()`` gives the op to the engine's settling of that round, driven here."""
-        if not self.may_run_lone() or not self._claim(name):
-            return None
+        if not negotiation.point_to_point(self.mailbox) or not self._claim(name):
+            return None                  # (_claim checks the rest of may_run_lone)
         try:
             self._watch([name])
             try:
-                carried = plan.exchange(self.ctrl_comm, self.mailbox, tensor,
-                                        name_digest(plan.hashed, name))
+                carried = plan.exchange(self.ctrl_comm, self.mailbox, tensor, name)
                 output = None if carried is None else plan.compute(tensor, carried)
             except BaseException:
                 self._forget(name)

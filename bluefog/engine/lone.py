@@ -21,7 +21,7 @@ the round as it settles any round (:meth:`Engine.run_lone`), which remembers its
 Example::
 
     plan = LoneRound(box, request, tensor, compute)   # compute(tensor, carried) -> output or None
-    carried = plan.exchange(comm, box, tensor, name_digest(plan.hashed, name))
+    carried = plan.exchange(comm, box, tensor, request.name)
     total = None if carried is None else plan.compute(tensor, carried)
 """
 
@@ -34,7 +34,7 @@ from bluefog.engine.mailbox import Mailbox
 from bluefog.engine.memory import NUMPY_DTYPES
 from bluefog.engine.mpi import mpi
 from bluefog.engine.record import Carried
-from bluefog.engine.request import Request, signature_hash
+from bluefog.engine.request import Request, name_digest, signature_hash
 
 
 class LoneRound:
@@ -44,7 +44,7 @@ class LoneRound:
     returns None when not everything it needs came with the round.
     """
 
-    __slots__ = ("signature", "hashed", "record", "words", "header", "digest_at", "start",
+    __slots__ = ("signature", "hashed", "named", "record", "words", "header", "digest_at", "start",
                  "length", "mine", "data_to", "record_to", "delivered", "compute")
 
     def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
@@ -52,6 +52,7 @@ class LoneRound:
         record = box.record
         self.signature = request.signature
         self.hashed = signature_hash(request.signature)     # each call's digest continues it
+        self.named = (None, 0)                  # the last call's name and digest (loops repeat it)
         self.data_to = tuple(sorted(request.carry()))
         self.record = record.encode([request], True, self.data_to)
         self.words = np.array(self.record, dtype=np.uint64)
@@ -71,12 +72,13 @@ class LoneRound:
         return (type(tensor) is torch.Tensor and tensor.is_cpu and not tensor.requires_grad
                 and tensor.is_contiguous() and tensor.dtype in NUMPY_DTYPES)
 
-    def exchange(self, comm, box: Mailbox, tensor: torch.Tensor, digest: int) -> Optional[Carried]:
-        """Run the round of the call whose name and signature hash to ``digest``
-        (``request.name_digest(plan.hashed, name)``): send this rank's record (with its data where
+    def exchange(self, comm, box: Mailbox, tensor: torch.Tensor, name: str) -> Optional[Carried]:
+        """Run the round of the call named ``name``: send this rank's record (with its data where
         it carries it), receive everyone's.  The data that came, when the mailbox remembers a
         verdict for this table of records (the op is decided); None otherwise."""
-        self.record[self.digest_at] = self.words[self.digest_at] = digest
+        if self.named[0] != name:
+            self.named = name, name_digest(self.hashed, name)
+        self.record[self.digest_at] = self.words[self.digest_at] = self.named[1]
         box.outbox[:self.start] = self.header
         np.copyto(self.mine, tensor.numpy().reshape(-1))
         box.mine_list = self.record

@@ -237,7 +237,8 @@ def blocking_lone(ctx, key, prefix: str, name, tensor, build: Callable[[str], Re
         full = request.name
     else:
         full = op_name(prefix, name)              # (a nameless call takes its number)
-    name = full[len(prefix) + 1:]
+    if name is None:
+        name = full[len(prefix) + 1:]
     output = engine.run_lone(lone, full, tensor, lambda: build(name))
     return blocking(submit, build(name)) if output is None else output
 
