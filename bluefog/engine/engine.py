@@ -236,7 +236,7 @@ class Engine:
             request = make_request()
             self._pending.append(request)
             self._start_round(negotiation.settle_received(self.ctrl_comm, self.mailbox,
-                                                          [request], plan.delivered))
+                                                          [request], frozenset(plan.data_to)))
             self._round_to_decision()
         finally:
             self._drive.release()

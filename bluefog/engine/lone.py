@@ -45,7 +45,7 @@ class LoneRound:
     """
 
     __slots__ = ("signature", "hashed", "named", "record", "words", "header", "digest_at", "start",
-                 "length", "mine", "data_to", "record_to", "delivered", "compute")
+                 "length", "mine", "data_to", "record_to", "compute")
 
     def __init__(self, box: Mailbox, request: Request, tensor: torch.Tensor,
                  compute: Callable[[torch.Tensor, Carried], Optional[torch.Tensor]]):
@@ -62,7 +62,6 @@ class LoneRound:
         self.length = self.start + request.nbytes
         self.mine = box.outbox[self.start:self.length].view(NUMPY_DTYPES[tensor.dtype])
         self.record_to = tuple(r for r in record.others if r not in self.data_to)
-        self.delivered = frozenset(self.data_to)
         self.compute = compute
 
     @staticmethod

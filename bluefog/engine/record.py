@@ -113,10 +113,10 @@ class Record:
         self.length = self.heads + 3 * MAX_HEADS        # the fixed length (Iallgather rounds)
         self.rows = size if members is None else len(members)
         # every rank's other ranks (whom it carries an allreduce's data to), this rank's own
-        self.all_but = [[q for q in range(size) if q != r] for r in range(size)]
-        self.others = self.all_but[me]
+        all_but = [[q for q in range(size) if q != r] for r in range(size)]
+        self.others = all_but[me]
         # the carried-to bitmaps of a round in which every rank carried to every other rank
-        self.to_all_others = [bitmap(ranks, self.words) for ranks in self.all_but]
+        self.to_all_others = [bitmap(ranks, self.words) for ranks in all_but]
 
     def encode(self, pending: Sequence[Request], blocked: bool, carried_to=()) -> List[int]:
         """The record of a rank whose pending ops are ``pending`` (its first heads, their first
