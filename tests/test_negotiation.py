@@ -164,11 +164,11 @@ def test_a_lone_round_sends_an_ordinary_record_and_takes_the_remembered_verdict(
     assert plan.record == box.record.encode([request], True, [0, 2]) == box.mine_list
     assert (plan.data_to, plan.record_to) == ((0, 2), ())
     assert (plan.start, plan.length) == (8 * (box.record.heads + 3), 8 * (box.record.heads + 3) + 16)
-    dim0s, carried = box.recall(request.signature)
+    dim0s, carried = box.recall(request.signature)[1]
     assert carried is decisions[me].carried and dim0s == (4, 4, 4)
     assert carried.stacked.view(np.float32).tolist() == [[r + 1.0] * 4 for r in range(size)]
     box.inbox[0, 8 * box.record.heads] ^= 1                   # rank 0 sent another op's record
-    assert box.recall(request.signature) is None
+    assert box.recall(request.signature)[1] is None
 
 
 def test_a_prepared_round_makes_the_digest_a_request_makes():

@@ -1,24 +1,16 @@
 """CUDA tensors: the route each op takes, the NCCL process group, and the torch.distributed route.
 
-Routes
-------
-* ``nccl``: the op runs as an NCCL collective, or as grouped NCCL send / receive
-  (``batch_isend_irecv``) for neighbor ops, through a ``torch.distributed`` process group
-  (:class:`DistRoute`).  Work is queued on a side stream that first waits for the *ready event*,
-  recorded on the caller's current stream at submission, so the op sees everything queued before
-  the call and does not wait for what the caller queues afterwards.
-* ``staged``: the tensor is copied to pinned host memory at submission (waiting for the work queued
-  on the current stream), travels over MPI like a CPU tensor (``kernels.MpiRoute``), and the result
-  is copied back to the device in ``synchronize``.
+* ``nccl``: collectives, or grouped send / receive for neighbor ops, over a ``torch.distributed``
+  group (:class:`DistRoute`), on a side stream that first waits for the *ready event* recorded on
+  the caller's stream at submission.
+* ``staged``: a pinned host copy travels over MPI (``kernels.MpiRoute``) and the result is copied
+  back to the device in ``synchronize``.
 
 The choice is made once per process, at the first CUDA collective or neighbor op, by a negotiated
-op of its own (``cuda.setup``, so a rank that passes a CPU tensor where others pass CUDA ones gets
-an error, not a hang): every rank reports its host, its GPU, whether torch has NCCL and
-``BLUEFOG_OPS_ON_CPU``.  NCCL is used only if every rank can and no two ranks share a GPU (NCCL
-refuses that: "Duplicate GPU detected"); otherwise every rank stages, and rank 0 logs one line
-saying why.
-``BLUEFOG_<OP>_BY_MPI=1`` stages single op kinds.  Hierarchical ops, pair gossip and machine-local
-allreduce are always staged.  Nothing here touches CUDA before an op is given a CUDA tensor.
+op (:meth:`CudaRuntime.setup`): NCCL only if every rank has it and its own GPU, else every rank
+stages and rank 0 says why.  ``BLUEFOG_<OP>_BY_MPI=1`` stages single op kinds; hierarchical ops,
+pair gossip and machine-local allreduce always stage.  Nothing here touches CUDA before an op is
+given a CUDA tensor.  See docs/gpu.md.
 """
 
 import contextlib
@@ -34,8 +26,7 @@ import torch
 import torch.distributed as dist
 
 from bluefog import config
-from bluefog.engine.device_wait import DeviceWait
-from bluefog.engine.kernels import Route, gathered_dim0s, neighbor_dim0s, scaled
+from bluefog.engine.kernels import gathered_dim0s, neighbor_dim0s, scaled
 
 logger = logging.getLogger("bluefog")
 
@@ -253,25 +244,26 @@ def _allgather_json(comm, value):
 
 
 def _finished(stream):
-    """What a kernel yields to wait for the work queued on ``stream`` (None: nothing, on CPU)."""
+    """What a kernel yields to wait for the work queued on ``stream``: the test of an event
+    recorded there (nothing for None, on CPU)."""
     if stream is None:
         return []
     done = torch.cuda.Event()
     done.record(stream)
-    return DeviceWait([done])
+    return done.query
 
 
 # ---------------------------------------------------------------------- the torch.distributed route
-class DistRoute(Route):
-    """The kernels over ``runtime``'s torch.distributed group: NCCL for CUDA tensors, queued on a
-    side stream after the ``ready`` event; gloo for CPU tensors (tests), with nothing to wait for.
-    ``comm`` (MPI) exchanges first dims that negotiation did not give.  No fusion or deferral."""
+class DistRoute:
+    """The kernels (``kernels.ROUTE_METHODS``, as ``kernels.MpiRoute``) over ``runtime``'s
+    torch.distributed group: NCCL for CUDA tensors, queued on a side stream after the ``ready``
+    event; gloo for CPU tensors (tests), with nothing to wait for.  ``comm`` (MPI) exchanges first
+    dims that negotiation did not give.  No fusion or deferral."""
 
     by_mpi = False
 
     def __init__(self, runtime: CudaRuntime, comm, ready=None):
-        super().__init__(comm)
-        self.runtime, self.ready = runtime, ready
+        self.comm, self.runtime, self.ready = comm, runtime, ready
 
     def allreduce(self, tensor, output, divisor, launch):
         with self.runtime.launching(tensor.device, self.ready) as stream:

@@ -1,27 +1,14 @@
-"""The engine: a queue of ops, their negotiation, and the kernels that move the data.
+"""The engine: a queue of ops, their negotiation rounds, and the kernels that move the data.
 
-Runtime model
--------------
-* ``submit`` puts a :class:`Request` on the queue and returns at once.
-* Whoever holds the *drive lock* advances the engine with :meth:`Engine.progress`: it starts
-  negotiation rounds (see ``negotiation.py``), starts the kernels of agreed ops in the agreed order,
-  and tests their MPI requests.  A kernel is a generator that yields lists of MPI requests (or a
-  ``DeviceWait`` on GPU work, for CUDA tensors over NCCL) and returns the op's output, so many ops
-  can be in flight at once and collectives always start in the same order on every rank.
-* A background thread drives while the caller computes (so communication overlaps forward and
-  backward), polling about every 0.1 ms while requests move and backing off to 1 ms when peers are
-  busy, so four ranks on two cores do not starve each other.  A caller blocked in ``wait`` drives
-  itself (no thread hand-off per op) and, once all its work is posted, waits inside MPI as a
-  blocking MPI call would.
-* A blocking op that finds nothing else in flight skips the queue: ``submit(here=True)`` runs its
-  round on the calling thread, to its decision, which launches its kernel.  A small
-  allreduce or static neighbor_allreduce, named or not, goes further: its round, prepared once
-  per op, dtype and shape (``lone.py``), needs no request (:meth:`Engine.run_lone`).
-* ``batch()`` keeps a burst of nonblocking submissions (an optimizer's parameters) together so they
-  are negotiated, and fused, in one round.
-* With negotiation skipped (``set_skip_negotiate_stage(True)``) ops run in local submission order,
-  one at a time, with no matching.
-* Every failure reaches the caller as an exception through the op's handle; the engine keeps going.
+``submit`` queues a :class:`Request` and returns its handle.  Whoever holds the *drive lock* runs
+:meth:`Engine.progress`: it starts rounds (``negotiation.py``), launches what they decide in the
+decided order, and resumes the kernels (generators that yield MPI requests, or a test of GPU work,
+and return the op's output) whose requests completed.  A background thread drives while the
+caller computes, backing off when nothing moves; a caller in ``wait`` drives itself, and blocks in
+MPI once all its work is posted.  A blocking op that finds the engine idle runs its round on the
+calling thread (``submit(here=True)``, or :meth:`Engine.run_lone` for a prepared lone round,
+``lone.py``).  Every failure reaches the caller through the op's handle.  See docs/design.md
+("The life of one op", "Rounds").
 """
 
 import collections
@@ -33,7 +20,6 @@ from typing import Callable, List, Optional
 
 
 from bluefog.engine import fault, negotiation
-from bluefog.engine.device_wait import DeviceWait
 from bluefog.engine.handle import Handle
 from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
@@ -54,12 +40,21 @@ MAX_LONE_PLANS = 256        # prepared lone rounds kept (lone.py)
 
 
 def _complete(waiting) -> bool:
-    """True once everything a kernel yielded (MPI requests, or one :class:`DeviceWait`) is done."""
+    """True once what a kernel yielded (MPI requests, or a test of GPU work) is done."""
     if not waiting:
         return True
-    if type(waiting) is DeviceWait:
-        return waiting.done()
+    if callable(waiting):
+        return waiting()
     return mpi().Request.Testall(waiting)
+
+
+def _resume(entry) -> bool:
+    """Resume ``entry``'s kernel once what it waits for is done (True; False while it waits): its
+    output comes as ``StopIteration``, its failure as the exception."""
+    if not _complete(entry.waiting):
+        return False
+    entry.waiting = entry.kernel.send(None)
+    return True
 
 
 class _Running:
@@ -71,18 +66,6 @@ class _Running:
         self.requests = requests
         self.kernel = kernel
         self.waiting: list = []
-
-
-class _Epoch:
-    """Fault-tolerant mode: the ops a round launched, their outcomes until the kernel phase agreed,
-    and copies of what in-place ops overwrite (restored if the epoch is done again)."""
-
-    __slots__ = ("requests", "outcomes", "saved")
-
-    def __init__(self):
-        self.requests: List[Request] = []
-        self.outcomes: list = []        # (request, output, error)
-        self.saved: list = []           # (tensor, its copy at launch)
 
 
 class Engine:
@@ -104,7 +87,7 @@ class Engine:
         self.rank = world.Get_rank()
         # fault-tolerant mode (fault.py): survivors' communicators, epochs that end in agreements
         self.ft: Optional[fault.FaultState] = None
-        self._epoch: Optional[_Epoch] = None
+        self._epoch: Optional[fault.Epoch] = None
         self._commit: Optional[_Running] = None
         self.failure_hooks: List[Callable[[List[int]], None]] = []
         if fault_tolerant:
@@ -137,7 +120,6 @@ class Engine:
         self._running: List[_Running] = []
         self._round: Optional[_Running] = None
         self._next_round = 0.0
-        self._last_submit = 0.0
         self._holding = 0          # open batch() blocks: keep submissions back until they close
         self._round_started: Optional[float] = None   # while a round is in flight
         self._waiting_for: List[str] = []               # the names it negotiates (for warnings)
@@ -214,7 +196,7 @@ class Engine:
         engine is busy or lone rounds do not apply (the caller then submits it as usual).  When the
         mailbox has no verdict for the round's records, or not all the data came with them,
         ``make_request()`` gives the op to the engine's settling of that round, driven here."""
-        if not negotiation.point_to_point(self.mailbox) or not self._claim(name):
+        if not self.mailbox.point_to_point or not self._claim(name):
             return None                  # (_claim checks the rest of may_run_lone)
         try:
             self._watch([name])
@@ -244,7 +226,7 @@ class Engine:
 
     def may_run_lone(self) -> bool:
         """Lone rounds apply: ops are negotiated, point to point, and no timeline records them."""
-        return self._rounds_may_run_here() and negotiation.point_to_point(self.mailbox)
+        return self._rounds_may_run_here() and self.mailbox.point_to_point
 
     def _forget(self, name: str):
         with self._state:
@@ -323,32 +305,23 @@ class Engine:
         while not finished():
             if self._closed:
                 raise ShutdownError(SHUT_DOWN)
-            moved = False
-            if self._drive.acquire(timeout=0):
-                try:
-                    moved = self.progress()
-                    if not finished():
-                        moved = self._wait_in_mpi() or moved
-                except Exception as error:
-                    if self.ft is None or not fault.is_failure(error):
-                        raise
-                    self._recover()
-                    moved = True
-                finally:
-                    self._drive.release()
-            if moved:
+            if self._drive_once(0, finished):
                 if backoff is not None:
                     backoff.reset()
             else:
                 backoff = backoff or Backoff(spins=CALLER_SPINS)
                 backoff.pause()
 
-    def _drive_once(self, timeout: float) -> bool:
-        """One progress pass if the drive lock comes free within ``timeout``; True if it moved."""
+    def _drive_once(self, timeout: float, finished=None) -> bool:
+        """One progress pass if the drive lock comes free within ``timeout``, then, for a caller
+        waiting for ``finished()``, a wait in MPI (:meth:`_wait_in_mpi`); True if anything moved."""
         if not self._drive.acquire(timeout=timeout):
             return False
         try:
-            return self.progress()
+            moved = self.progress()
+            if finished is not None and not finished():
+                moved = self._wait_in_mpi() or moved
+            return moved
         except Exception as error:
             if self.ft is None or not fault.is_failure(error):
                 raise
@@ -370,7 +343,7 @@ class Engine:
         if self._commit is not None:
             entries.append(self._commit)
         entries = [entry for entry in entries if entry.waiting]
-        if any(type(entry.waiting) is DeviceWait for entry in entries):
+        if any(callable(entry.waiting) for entry in entries):
             return False               # GPU work is polled, not waited for inside MPI
         if len(entries) == 1:          # the only thing in flight: wait for all of it at once
             mpi().Request.Waitall(entries[0].waiting)
@@ -391,7 +364,7 @@ class Engine:
             if (self._pending and not self._running and self._round is None
                     and self._epoch is None):
                 if self.ft is not None:
-                    self._open_epoch()
+                    self._epoch = fault.Epoch(self.ft)
                 self._launch([self._pending.pop(0)], None, negotiated=False)
                 moved = True
         else:
@@ -403,28 +376,14 @@ class Engine:
         return moved
 
     # ----------------------------------------------------------------- fault-tolerant mode
-    def _open_epoch(self):
-        self._epoch = _Epoch()
-        self.ft.begin_phase()
-
-    def _agreed_round(self, kernel):
-        """A round, then the agreement that every survivor completed it (fault-tolerant mode)."""
-        decision = yield from kernel
-        yield from self.ft.agree()
-        return decision
-
     def _advance_commit(self) -> bool:
         """Once the epoch's kernels are done here, agree; then hand every outcome to its handle."""
         if self._running or self._round is not None:
             return False
         if self._commit is None:
             self._commit = _Running([], self.ft.agree())
-        entry = self._commit
-        if not _complete(entry.waiting):
-            return False
         try:
-            entry.waiting = entry.kernel.send(None)
-            return True
+            return _resume(self._commit)
         except StopIteration:
             pass
         epoch, self._epoch, self._commit = self._epoch, None, None
@@ -442,9 +401,7 @@ class Engine:
         self.mailbox.free()
         self.mailbox = negotiation.mailbox_for(self.size, self.rank, self.ft.members)
         if epoch is not None:
-            for tensor, copy in epoch.saved:
-                tensor.copy_(copy)
-            self._pending[0:0] = [req for req in epoch.requests if req in epoch.requests]
+            self._pending[0:0] = epoch.restore()
         self._next_round = 0.0
         if newly:
             logger.warning("bluefog: rank %d: rank(s) %s died; %d rank(s) go on (failed: %s).",
@@ -461,23 +418,16 @@ class Engine:
             if not self._pending or now < self._next_round:
                 return False
             blocked = self._waiters > 0
-            if not blocked and now - self._last_submit < self._cycle:
-                return False   # submissions are still arriving: gather them into one round
+            if self.ft is not None and self._epoch is not None:
+                return False     # fault-tolerant mode: one epoch at a time
+            kernel = negotiation.negotiate(self.ctrl_comm, self.mailbox, list(self._pending),
+                                           blocked)
             if self.ft is not None:
-                if self._epoch is not None:
-                    return False     # one epoch at a time
-                self._open_epoch()
-                self._start_round(self._agreed_round(negotiation.negotiate(
-                    self.ctrl_comm, self.mailbox, list(self._pending), blocked)))
-            else:
-                self._start_round(negotiation.negotiate(self.ctrl_comm, self.mailbox,
-                                                        list(self._pending), blocked))
-        entry = self._round
-        if entry.waiting and not mpi().Request.Testall(entry.waiting):
-            return False
+                self._epoch = fault.Epoch(self.ft)
+                kernel = self.ft.agreed(kernel)
+            self._start_round(kernel)
         try:
-            entry.waiting = entry.kernel.send(None)
-            return True
+            return _resume(self._round)
         except StopIteration as stop:
             self._round = None
             self._round_started = None
@@ -541,15 +491,11 @@ class Engine:
         req = group[0]
         seq = self._count_kernel(len(group), carried is not None)
         if negotiated:
-            launch = Launch(seq=seq, tag=64 + seq % self._tag_span, dim0s=dim0s, carried=carried)
+            launch = Launch(tag=64 + seq % self._tag_span, dim0s=dim0s, carried=carried)
         else:
-            launch = Launch(seq=seq, tag=_SKIP_TAG, dim0s=None)
-        epoch = self._epoch
-        if epoch is not None:
-            epoch.requests += group
-            for member in group:
-                if member.inplace is not None:
-                    epoch.saved.append((member.inplace, member.inplace.clone()))
+            launch = Launch(tag=_SKIP_TAG, dim0s=None)
+        if self._epoch is not None:
+            self._epoch.launched(group)
         try:
             kernel = req.start(launch) if len(group) == 1 else req.fuse(group, launch)
         except Exception as error:  # bad input caught late: report through the handle
@@ -583,10 +529,8 @@ class Engine:
         return (yield from kernel)
 
     def _step(self, entry: _Running) -> bool:
-        if not _complete(entry.waiting):
-            return False
         try:
-            entry.waiting = entry.kernel.send(None)
+            return _resume(entry)
         except StopIteration as stop:
             self._running.remove(entry)
             outputs = stop.value if len(entry.requests) > 1 else [stop.value]

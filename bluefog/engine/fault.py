@@ -44,10 +44,8 @@ def failure_classes() -> tuple:
 
 
 def is_failure(error: BaseException) -> bool:
-    """An MPI error that signals a dead peer (or a peer's revocation after one), or a failed
-    agreement (:class:`AgreementFailed`)."""
-    if isinstance(error, AgreementFailed):
-        return True
+    """An MPI error that signals a dead peer (or a peer's revocation after one, or an agreement
+    that a survivor saw one)."""
     MPI = mpi()
     return isinstance(error, MPI.Exception) and error.Get_error_class() in failure_classes()
 
@@ -64,8 +62,28 @@ def keep_alive():
     mpi().COMM_SELF.Iprobe(source=0, tag=0)
 
 
-class AgreementFailed(Exception):
-    """An agreement ended with 0: some survivor saw a failure in this phase."""
+class Epoch:
+    """A round and the kernels it launched, which complete together after one agreement: their
+    outcomes meanwhile, and copies of what in-place ops overwrite (restored if it is redone)."""
+
+    __slots__ = ("requests", "outcomes", "saved")
+
+    def __init__(self, state: "FaultState"):
+        state.begin_phase()
+        self.requests: list = []
+        self.outcomes: list = []        # (request, output, error)
+        self.saved: list = []           # (tensor, its copy at launch)
+
+    def launched(self, group):
+        """The requests of a kernel start now: keep what they will overwrite."""
+        self.requests += group
+        self.saved += [(req.inplace, req.inplace.clone()) for req in group if req.inplace is not None]
+
+    def restore(self) -> list:
+        """After a failure: put the overwritten tensors back; the requests, to run again."""
+        for tensor, copy in self.saved:
+            tensor.copy_(copy)
+        return self.requests
 
 
 class FaultState:
@@ -82,7 +100,6 @@ class FaultState:
         self.index: Dict[int, int] = {r: r for r in self.members}
         self.owed = False        # this rank is in a phase whose agreement it has not joined yet
         self.comms: List["LiveComm"] = []
-        self.recoveries = 0
         self._flag = np.ones(1, dtype=np.intc)
 
     def alive(self, rank: int) -> bool:
@@ -92,15 +109,21 @@ class FaultState:
         self.owed = True
 
     def agree(self):
-        """A kernel step: the uniform agreement that ends a phase; raises
-        :class:`AgreementFailed` when a survivor saw a failure."""
+        """A kernel step: the uniform agreement that ends a phase; raises ``MPI_ERR_PROC_FAILED``
+        when a survivor saw a failure in it."""
         flag = self._flag
         flag[0] = 1
         request = self.commit_comm.Iagree(flag)
         self.owed = False
         yield [request]
         if int(flag[0]) != 1:
-            raise AgreementFailed()
+            raise mpi().Exception(mpi().ERR_PROC_FAILED)
+
+    def agreed(self, kernel):
+        """``kernel``, then the agreement that every survivor completed it (a kernel)."""
+        value = yield from kernel
+        yield from self.agree()
+        return value
 
     def recover(self) -> List[int]:
         """After a failure seen in a phase: revoke, join the pending agreement, shrink, rebuild the
@@ -135,7 +158,6 @@ class FaultState:
         for comm, new in zip(self.comms, fresh):
             new.Set_errhandler(MPI.ERRORS_RETURN)
             comm.replace(new)
-        self.recoveries += 1
         return newly
 
 

@@ -1,4 +1,4 @@
-"""Handles: the Future-like objects that nonblocking ops return."""
+"""Handles: the Future-like objects that nonblocking ops (and window ops) return."""
 
 import itertools
 from typing import Any, Optional
@@ -10,7 +10,9 @@ class Handle:
     """The pending result of one op.
 
     ``bf.synchronize(handle)`` waits for it and returns the output tensor; ``bf.poll(handle)`` tells
-    whether it is done.  ``int(handle)`` is its process-wide number (starting at 1).
+    whether it is done.  ``int(handle)`` is its process-wide number (starting at 1).  A window op's
+    handle has the window ``worker`` that runs it, which numbers its handles apart, as in Bluefog
+    (``bf.win_wait``, ``bf.win_poll``).
 
     Example::
 
@@ -19,11 +21,12 @@ class Handle:
         y = bf.synchronize(h)
     """
 
-    __slots__ = ("id", "name", "output", "_done", "_error", "cleared", "convert")
+    __slots__ = ("id", "name", "output", "worker", "_done", "_error", "cleared", "convert")
 
-    def __init__(self, name: str, output: Any = None):
-        self.id = next(_ids)
+    def __init__(self, name: str, output: Any = None, worker=None):
+        self.id = next(_ids if worker is None else worker.numbers)
         self.name = name
+        self.worker = worker
         self.output = output
         self._done = False      # set once by the engine; waiters poll it while driving
         self._error: Optional[BaseException] = None

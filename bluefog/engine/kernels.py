@@ -1,9 +1,10 @@
 """Kernels: generators that move an op's data and return its output, one interface per route.
 
 A kernel yields lists of MPI requests (the engine resumes it once all of them completed) and returns
-the op's output tensor.  The ops call a :class:`Route`: :class:`MpiRoute` runs its kernels over
-MPI, ``cuda.DistRoute`` over torch.distributed.  Arithmetic is in ``averaging``: ``summed_rows``,
-and the op's ``combine`` (an ``averaging.Combine``, called with the received slots or round bytes).
+the op's output tensor.  The ops call a route's kernels (:data:`ROUTE_METHODS`): :class:`MpiRoute`
+runs them over MPI, ``cuda.DistRoute`` over torch.distributed.  Arithmetic is in ``averaging``:
+``summed_rows``, and the op's ``combine`` (an ``averaging.Combine``, called with the received slots
+or round bytes).
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
@@ -19,6 +20,8 @@ from bluefog.engine.mpi import datatype, mpi, wire
 from bluefog.packing import pack, split_like
 
 Sends = Sequence[Tuple[int, Optional[float]]]   # (destination rank, weight or None for 1.0)
+# the kernels every route has (MpiRoute's arguments)
+ROUTE_METHODS = ("allreduce", "broadcast", "allgather", "neighbor_allreduce", "neighbor_allgather")
 
 
 def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
@@ -29,11 +32,14 @@ def scaled(tensor: torch.Tensor, weight: Optional[float]) -> torch.Tensor:
     return (tensor.to(work) * weight).to(tensor.dtype)
 
 
-class Route:
-    """The kernels of one route, over ``comm`` (MPI; a ``fault.LiveComm`` in fault-tolerant mode).
-    Every route has these methods, each returning a kernel.  ``output``: ``tensor`` for in place,
-    None for a new tensor; ``launch``: the engine's ``Launch`` (tag, first dims, carried data).
-    ``by_mpi``: fusion (``fused_*``), carried data and deferral apply (the MPI route only).
+class MpiRoute:
+    """The kernels of the route over MPI (CPU tensors, staged CUDA tensors), over ``comm`` (a
+    ``fault.LiveComm`` in fault-tolerant mode).
+
+    Every route (``cuda.DistRoute`` too) has the methods :data:`ROUTE_METHODS`, with these
+    arguments, each returning a kernel.  ``output``: ``tensor`` for in place, None for a new
+    tensor; ``launch``: the engine's ``Launch`` (tag, first dims, carried data).  ``by_mpi``:
+    fusion (``fused_*``), carried data and deferral apply (this route only).
 
     Example::
 
@@ -45,33 +51,9 @@ class Route:
     def __init__(self, comm):
         self.comm = comm
 
-    def allreduce(self, tensor, output, divisor: int, launch):
+    def allreduce(self, tensor, output, divisor, launch):
         """The sum over every rank divided by ``divisor`` (0: by the ranks alive, fault-tolerant
         mode); carried data are added in rank order (the same bits on every rank)."""
-        raise NotImplementedError
-
-    def broadcast(self, tensor, output, root: int, launch):
-        """``root``'s tensor on every rank."""
-        raise NotImplementedError
-
-    def allgather(self, tensor, launch):
-        """Every rank's tensor concatenated along dim 0 (first dims may differ)."""
-        raise NotImplementedError
-
-    def neighbor_allreduce(self, tensor, sends: Sends, recvs, combine, launch, defer=False):
-        """Send (weighted copies of) ``tensor`` to ``sends``; ``combine(tensor, slots)`` of what
-        ``recvs`` sent (with ``defer``: the slots, for the caller to combine)."""
-        raise NotImplementedError
-
-    def neighbor_allgather(self, tensor, sends, recvs, launch):
-        """Send ``tensor`` to ``sends``; what ``recvs`` sent, concatenated along dim 0."""
-        raise NotImplementedError
-
-
-class MpiRoute(Route):
-    """The route over MPI (CPU tensors, staged CUDA tensors), with fusion of small ops."""
-
-    def allreduce(self, tensor, output, divisor, launch):
         if launch.carried is not None:
             return summed_rows(launch.carried.stacked, tensor, output, divisor)
         MPI, comm = mpi(), self.comm
@@ -94,6 +76,7 @@ class MpiRoute(Route):
         return output
 
     def broadcast(self, tensor, output, root, launch):
+        """``root``'s tensor on every rank."""
         output = memory.empty_like(tensor) if output is None else output
         if self.comm.Get_rank() == root and output is not tensor:
             output.copy_(tensor)
@@ -101,6 +84,7 @@ class MpiRoute(Route):
         return output
 
     def allgather(self, tensor, launch):
+        """Every rank's tensor concatenated along dim 0 (first dims may differ)."""
         comm = self.comm
         dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, launch.dim0s)))
         row = _row_elements(tensor)
@@ -111,7 +95,9 @@ class MpiRoute(Route):
         yield [comm.Iallgatherv(wire(tensor), [received, counts, displs, datatype(received)])]
         return output
 
-    def neighbor_allreduce(self, tensor, sends, recvs, combine, launch, defer=False):
+    def neighbor_allreduce(self, tensor, sends: Sends, recvs, combine, launch, defer=False):
+        """Send (weighted copies of) ``tensor`` to ``sends``; ``combine(tensor, slots)`` of what
+        ``recvs`` sent (with ``defer``: the slots, for the caller to combine)."""
         carried = launch.carried
         if carried is not None and not defer:
             output = combined_from_round(tensor, sends, recvs, combine, carried)
@@ -123,6 +109,7 @@ class MpiRoute(Route):
         return combine(tensor, slots)
 
     def neighbor_allgather(self, tensor, sends, recvs, launch):
+        """Send ``tensor`` to ``sends``; what ``recvs`` sent, concatenated along dim 0."""
         comm, tag = self.comm, launch.tag
         counts = yield from neighbor_dim0s(comm, tag, tensor, sends, recvs, launch.dim0s)
         output = memory.new_empty(tensor, (int(sum(counts)),) + tuple(tensor.shape[1:]))

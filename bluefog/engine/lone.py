@@ -1,22 +1,13 @@
-"""Blocking small ops with nothing else in flight, run on the caller's thread: lone rounds.
+"""Lone rounds: a blocking small op that finds the engine idle runs its round on the caller's thread.
 
-A loop of ``bf.allreduce(x, name=...)`` or ``bf.neighbor_allreduce(x, name=...)`` needs one
-negotiation round per call, and in a point-to-point round a lone small op sends its data along
-with its record (negotiation.py, "carried data"), so that round is the whole op.  A
-:class:`LoneRound` is that ordinary round, prepared once per op, dtype and shape: the record this
-rank sends (``Record.encode``, the one record builder; each call writes its own name's digest),
-where its data goes in the outbox, and the mailbox's persistent requests.  Named and nameless
-calls share it.  A call copies the tensor in, starts and waits for the requests,
-and asks the mailbox for the verdict it remembers for the table of records that came
-(``Mailbox.recall``, the ordinary rounds' memory: there is no second decision).  With a verdict,
-the op's own kernel formula for carried data (``averaging.summed_rows`` of the stacked rows for an
-allreduce, ``kernels.combined_from_round`` for a neighbor_allreduce) makes the output from the
-bytes that came.
-
-The messages are exactly those of an ordinary round, so ranks on this path and ranks that are not
-(another op pending, a nonblocking call) agree.  Without a remembered verdict (the first call, or
-another rank had other work), or when not all the data came with the round, the engine settles
-the round as it settles any round (:meth:`Engine.run_lone`), which remembers its verdict.
+In a point-to-point round a lone small op's data rides with its record, so the round is the whole
+op.  A :class:`LoneRound` is that ordinary round prepared once per op, dtype and shape: this rank's
+record (``Record.encode``; each call writes its own name's digest), its data's place in the
+outbox, the mailbox's persistent requests.  The verdict is the one ordinary rounds remembered for
+the table of records that came (``Mailbox.recall``), and the output comes from the op's own
+kernel formula for carried data.  Without a remembered verdict, or when not all the data came,
+the engine settles the round as any other (:meth:`Engine.run_lone`).  See docs/design.md ("Lone
+rounds").
 
 Example::
 
@@ -83,5 +74,5 @@ class LoneRound:
         box.mine_list = self.record
         mpi().Request.Waitall(box.start(comm, self.start, self.length, self.data_to,
                                         self.record_to))
-        known = box.recall(self.signature)
+        known = box.recall(self.signature)[1]
         return None if known is None else known[1]

@@ -86,10 +86,10 @@ class Mailbox:
         return tuple(map(tuple, rows)), signature
 
     def recall(self, signature):
-        """The verdict remembered for this round's table of records (:meth:`records_key`): every
-        rank's first dim and the data carried (a ``Carried`` or None); None if there is none."""
+        """This round's :meth:`records_key` and the verdict remembered for it: every rank's first
+        dim and the data carried (a ``Carried`` or None); None if there is none."""
         key = self.records_key(signature)
-        return None if key is None else self.decided.get(key)
+        return key, (None if key is None else self.decided.get(key))
 
     def carried_data(self, rows: List[List[int]], req: Request,
                      delivered: FrozenSet[int]) -> Optional[Carried]:

@@ -1,28 +1,21 @@
 """The memory the engine keeps: one pool of host buffers, and bounded caches.
 
-**The buffer pool.**  A new multi-megabyte tensor costs one page fault per 4 KB page the first time
-it is written (the kernel maps and zeroes each page, and on a VM each fault is dear): an
-out-of-place allreduce of 1M float32 spent as long in page faults as in MPI, and a 16M-element
-neighbor exchange took twice as long with fresh receive buffers.  So every large CPU buffer the
-engine makes -- op outputs and the receive buffers of kernels alike -- comes from :func:`empty`:
+**The buffer pool.**  A fresh multi-megabyte tensor pays a page fault per 4 KB page when first
+written (an out-of-place 1M allreduce spent as long in page faults as in MPI), so every CPU buffer
+the engine makes of ``POOL_BYTES`` or more -- op outputs and kernels' receive buffers alike -- comes
+from :func:`empty`, a view of a block kept here:
 
-* it is a view of a block kept here; when the last tensor using the block is dropped, the block
-  comes back by itself (nobody gives it back, so nobody can give it back too early) and the next
-  buffer of that many bytes reuses it, already mapped;
-* the pool keeps at most ``PER_SIZE`` idle blocks of one size and ``limit`` bytes of idle blocks in
-  all: ``BLUEFOG_OUTPUT_POOL_MB`` (read at ``bf.init()``, ``LIMIT_BYTES`` unless set); 0 turns the
-  pool off and every buffer is a plain ``torch.empty`` tensor;
-* buffers under ``POOL_BYTES`` are plain ``torch.empty`` tensors (the allocator serves those
-  without page faults, faster than the pool's bookkeeping);
-* new blocks are advised ``MADV_HUGEPAGE`` (honoured when
-  ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``): one fault per 2 MB.
+* when the last tensor using a block is dropped, the block comes back by itself (nobody gives it
+  back, so nobody can give it back too early) for the next buffer of that many bytes;
+* the one limit: at most ``PER_SIZE`` idle blocks of a size and ``BLUEFOG_OUTPUT_POOL_MB``
+  (``LIMIT_BYTES`` unless set, read at ``bf.init()``) idle bytes in all; 0 turns the pool off;
+* new blocks are advised ``MADV_HUGEPAGE`` (one fault per 2 MB where transparent huge pages are
+  ``always`` or ``madvise``).
 
-A pooled tensor is an ordinary tensor, except that its storage cannot be resized (``resize_``), as
-for any tensor made by ``torch.from_numpy``.
+A pooled tensor cannot be resized (``resize_``), as any tensor made by ``torch.from_numpy``.
 
-**Bounded caches.**  :class:`BoundedCache` is a dict that forgets everything when it is full: the
-rule of the engine's small lookup caches (prepared messages, hashes of op signatures), whose keys
-repeat in a training loop but must not grow without end.
+**Bounded caches.**  :class:`BoundedCache`, a dict emptied when full: the rule of the engine's
+lookup caches, whose keys repeat in a training loop but must not grow without end.
 
 Example::
 

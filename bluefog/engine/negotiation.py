@@ -1,32 +1,12 @@
-"""Matching ops across ranks by name, without a coordinator.
+"""Matching ops across ranks by name, without a coordinator: one round as a kernel.
 
-A rank with pending ops joins a *round*: it sends every other rank a record (point-to-point up to
-``P2P_ROUND_LIMIT`` ranks, one hop; an ``Iallgather`` of the fixed-size record beyond) holding the
-digests (name + signature) of its first pending ops, their first dims, whether each may be fused with
-the one before, and for a dynamic neighbor op the bitmaps of whom it sends to and receives from.
-Every rank then runs the same pure decision on the same table, so all reach the same verdict
-without further messages:
-
-* fast path: the longest common prefix of the digest lists is executed, in that order, consecutive
-  ops fused where every rank allows it;
-* slow path (ranks submitted in different orders, or disagree): every rank allgathers the summaries of
-  all its pending ops; names present on every rank run in rank 0's order, mismatched signatures
-  become a ``ValueError`` on every rank, and a round where nothing can run while every rank is
-  blocked waiting is a deadlock, reported as a ``ValueError`` naming what each rank waits for.
-
-A round is a collective only among ranks that have work, which is fine: every negotiated op needs
-every rank, so a rank with nothing pending holds everybody up anyway.
-
-*Carried data*: in point-to-point rounds, a rank whose only pending op is a small neighbor op or
-allreduce (``Request.carry``, at most ``CARRY_MAX`` bytes) appends that op's data for each
-destination to the round message it sends there, and says so in its record (a bitmap of the
-destinations).  When the round decides that op, it needs no second exchange: for a neighbor op,
-receivers take what arrived with the records and senders skip what they already delivered; an
-allreduce is summed from the records when every rank carried to every other one (else it runs as
-usual).  Every rank reads the same bitmaps, so they agree.
-
-The record's format and the decision are pure (``record.py``, tested without MPI); the buffers and
-persistent requests a round uses are the mailbox's (``mailbox.py``); this module is the protocol.
+A rank with pending ops sends every other rank its record (``record.py``): point to point up to
+``P2P_ROUND_LIMIT`` ranks, through the mailbox (``mailbox.py``), with a lone small op's data
+carried after it (at most ``CARRY_MAX`` bytes); an ``Iallgather`` of the fixed-size record beyond.
+Every rank decides on the same table: the common prefix of their ops when there is one, else the
+slow path, an allgather of every pending op's summary matched by name.  A round is a collective
+among the ranks with work only, which is fine: every negotiated op needs every rank.  See
+docs/design.md ("Rounds").
 """
 
 import pickle
@@ -49,11 +29,6 @@ def mailbox_for(size: int, me: int, members: Optional[List[int]] = None) -> Mail
     return Mailbox(Record(size, me, members), size <= P2P_ROUND_LIMIT and members is None)
 
 
-def point_to_point(box: Mailbox) -> bool:
-    """Whether rounds through ``box`` go point to point now (else by ``Iallgather``)."""
-    return box.point_to_point and box.record.size <= P2P_ROUND_LIMIT
-
-
 def check_topology(comm, box: Mailbox, req: Request):
     """Skip-negotiate mode: the topology check of ``req`` as its own collective (a kernel step)."""
     mine = np.array(box.record.topology_words(req), dtype=np.uint64)
@@ -73,7 +48,7 @@ def negotiate(comm, box: Mailbox, pending: List[Request], blocked: bool):
             ready.append((req, (req.dim0,), req.fusion_key is not None and req.fusion_key == previous))
             previous = req.fusion_key
         return record.world_dim0s(Decision(ready=ready))
-    if not point_to_point(box):
+    if not box.point_to_point:
         box.write(record.encode(pending, blocked))
         yield [comm.Iallgather(box.mine, box.table)]
         rows = box.table[:, :record.heads + 3 * int(box.table[:, 1].min())].tolist()
@@ -91,8 +66,7 @@ def settle_received(comm, box: Mailbox, pending: List[Request], delivered: Froze
     """:func:`settle` of a point-to-point round, from the records in the inbox.  A table of
     one-head records decided before (``Mailbox.records_key``: equal but for the op's name) gets
     the remembered verdict without being read or decided again.  A kernel."""
-    key = box.records_key(pending[0].signature)
-    known = box.decided.get(key) if key is not None else None
+    key, known = box.recall(pending[0].signature)
     if known is not None:
         dim0s, carried = known
         return Decision(ready=[(pending[0], dim0s, False)], carried=carried)

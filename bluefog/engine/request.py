@@ -13,9 +13,8 @@ Kernel = Generator[list, None, Any]
 
 @dataclasses.dataclass
 class Launch:
-    """What negotiation tells a kernel: the op's sequence number and every rank's first dim."""
+    """What negotiation tells a kernel: its message tag and every rank's first dim."""
 
-    seq: int
     tag: int
     dim0s: Optional[Tuple[int, ...]] = None  # None when not negotiated (skip-negotiate mode)
     carried: Any = None   # negotiation.Carried: data that already moved with the round records

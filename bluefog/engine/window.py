@@ -1,7 +1,7 @@
 """The MPI side of window ops: window memory, one-sided transfers, the mutex, and their worker.
 
 Every bluefog window is one ``MPI.Win.Allocate`` region per rank (never ``Win.Create`` over user
-memory: only MPI-allocated memory gets passive progress on every MPI we support, see DESIGN §1).
+memory: only MPI-allocated memory gets passive progress on every MPI we support).
 Each rank opens a single ``Lock_all(MODE_NOCHECK)`` epoch at creation and keeps it until the window
 is freed; every transfer is completed with ``Flush``, so a put, get or accumulate finishes while the
 target rank computes or sleeps without calling MPI.
@@ -31,6 +31,7 @@ Example::
 """
 
 import collections
+import functools
 import itertools
 import threading
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -38,6 +39,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from bluefog.engine.handle import Handle
 from bluefog.engine.polling import Backoff
 from bluefog.engine.kernels import scaled
 from bluefog.engine.memory import BoundedCache
@@ -47,6 +49,10 @@ WINDOW_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
 _ALIGN = 64
 _ONE = np.ones(1, dtype=np.int64)
 _ZERO = np.zeros(1, dtype=np.int64)
+
+
+def _nothing():
+    pass
 
 
 def _aligned(nbytes: int) -> int:
@@ -75,8 +81,6 @@ class Window:
         self.stride = _aligned(max(self.nbytes, 1))
         # where this rank writes on each target (its slot, its p entry) and reads its put count
         self.slot_disp = {t: self.meta + self.stride * (1 + k) for t, k in remote_slots.items()}
-        self.slot_spec = {t: (d, self.numel, self.mpi_type) for t, d in self.slot_disp.items()}
-        self.self_spec = (self.meta, self.numel, self.mpi_type)
         self.version_spec = (8 * size + 8 * self.rank, 1, MPI.INT64_T)   # my count on a writer
         self.p_spec = (16 * size + 8 * self.rank, 1, MPI.DOUBLE)
         nbytes = self.meta + self.stride * (1 + len(self.in_ranks))
@@ -89,7 +93,8 @@ class Window:
         self.self_tensor = torch.from_numpy(self.self_np).view(self.shape)
         self.slot_np = {j: self._region(raw, 1 + k) for k, j in enumerate(self.in_ranks)}
         self.slots = {j: torch.from_numpy(a).view(self.shape) for j, a in self.slot_np.items()}
-        self._get_into = {j: [a, self.mpi_type] for j, a in self.slot_np.items()}   # for a Get
+        # a get of j's self memory into its slot here (fetch)
+        self._reads = {j: self._pieces(a, self.meta) for j, a in self.slot_np.items()}
         # Versions: each writer counts its completed puts to each target in its own window memory
         # (``_sent``: the version array as Python ints); an owner reads its writers' counts and
         # remembers what they were at its last update; it counts its own gets locally.
@@ -99,7 +104,7 @@ class Window:
         self._gets = [0] * size
         self._lock = threading.Lock()
         self._views = BoundedCache(16)       # see view_of
-        self._plans = BoundedCache(64)       # see _unit_plan
+        self._plans = BoundedCache(64)       # see _send_plan
         self.unified = self.win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
         self.win.Lock_all(MPI.MODE_NOCHECK)
         self.open = True
@@ -130,153 +135,102 @@ class Window:
         my mutex there.  When this returns the data is in the targets' memory, whatever they do.
 
         ``reuse``: ``targets`` is one long-lived object passed again and again (the default
-        targets), so the messages prepared for it and the tensor's address are kept: the common
-        call then costs one MPI call per target and a ``Flush_all``.
+        targets), so the messages made for it are kept when they read the tensor itself (every
+        weight 1): the common call costs one MPI call per target and a ``Flush_all``.
         """
-        if reuse and not mutex and p_self is None and self.send_plain(tensor, targets, accumulate):
-            return
-        view = self.view_of(tensor)
-        if mutex:
-            me = self.rank
+        if mutex:                 # each target alone, completed and counted under its mutex
             for target, weight in targets:
-                self.acquire(target, me)
+                self.acquire(target, self.rank)
                 try:
-                    kept = self._post(view, tensor, target, weight, accumulate, p_self)
-                    self.win.Flush(target)
-                    if not accumulate:
-                        self._count_puts(((target,),))
+                    self.send(tensor, ((target, weight),), accumulate, p_self, False)
                 finally:
-                    self.release(target, me)
+                    self.release(target, self.rank)
             return
-        kept = [self._post(view, tensor, target, weight, accumulate, p_self)
-                for target, weight in targets]
-        if len(targets) > 1:
-            self.win.Flush_all()
-        elif targets:
-            self.win.Flush(targets[0][0])
-        del kept                  # referenced until here: mpi4py does not keep send buffers
-        if not accumulate:
-            self._count_puts(targets)
-
-    def send_plain(self, tensor: torch.Tensor, targets, accumulate: bool) -> bool:
-        """:meth:`send` of weight-1 data to ``targets`` (one long-lived object, see ``reuse``), no
-        p, no mutex, in one message per target; False (nothing sent) where that does not apply."""
-        found = self._plans.get((tensor.data_ptr(), id(targets)))
-        plan = found[2] if found is not None else self._unit_plan(tensor, targets)
-        if plan is None:
-            return False
+        found = self._plans.get((tensor.data_ptr(), id(targets))) if reuse else None
+        transfers, flush, ranks, _ = found or self._send_plan(tensor, targets, reuse)
         win = self.win
         if accumulate:
             SUM = self.MPI.SUM
-            for target, message, spec in plan:
+            for target, message, spec in transfers:
                 win.Accumulate(message, target, spec, SUM)
         else:
-            for target, message, spec in plan:
+            for target, message, spec in transfers:
                 win.Put(message, target, spec)
-        if len(plan) > 1:
-            win.Flush_all()
-        elif plan:
-            win.Flush(plan[0][0])
+        kept = None if p_self is None else self._send_p(targets, p_self, accumulate)
+        flush()
+        del kept                  # referenced until here: mpi4py does not keep send buffers
         if not accumulate:
-            counts = self._sent                    # (_count_puts, inline: the common case)
-            for target, _, _ in plan:
-                counts[target] += 1
-            if not self.unified:
-                win.Sync()
-        return True
+            self._count_puts(ranks)
 
-    def _count_puts(self, done):
-        """One more completed put to each ``done[k][0]``, in my window memory, where the targets
+    def _send_plan(self, tensor: torch.Tensor, targets, reuse: bool):
+        """What :meth:`send` posts: ``(target, message, spec)`` transfers of ``tensor`` (weight 1)
+        or its scaled copy in :meth:`_pieces`, the call that completes them, the target ranks and
+        ``targets``.  Kept, with
+        ``reuse`` and every weight 1, by the tensor's address (which names the same bytes whichever
+        tensor owns them later, see :meth:`view_of`) and the targets' id (the entry keeps the
+        targets, so their id stays theirs; the messages keep the view)."""
+        view, ranks, win = self.view_of(tensor), [target for target, _ in targets], self.win
+        transfers = [(target, message, spec) for target, weight in targets
+                     for message, spec in self._pieces(
+                         view if weight == 1.0 else scaled(tensor.detach(), weight).numpy(),
+                         self.slot_disp[target])]
+        flush = (win.Flush_all if len(ranks) > 1 else functools.partial(win.Flush, ranks[0])
+                 if ranks else _nothing)
+        plan = (transfers, flush, ranks, targets)
+        if reuse and all(weight == 1.0 for _, weight in targets):
+            self._plans.put((tensor.data_ptr(), id(targets)), plan)
+        return plan
+
+    def _pieces(self, data: np.ndarray, disp: int) -> list:
+        """``(local message, remote spec)`` pairs moving the window-sized ``data`` to or from the
+        remote region at byte ``disp``, in messages of at most ``chunk`` elements."""
+        data, kind, step = data.reshape(-1), self.mpi_type, self.chunk
+        return [([data[start:start + step], kind],
+                 (disp + start * self.itemsize, min(step, self.numel - start), kind))
+                for start in range(0, max(self.numel, 1), step)]
+
+    def _send_p(self, targets, p_self: float, accumulate: bool) -> list:
+        """Start sending ``p_self`` times each target's weight to my p entry there (added, with
+        ``accumulate``); returns the messages (keep them until flushed)."""
+        MPI = self.MPI
+        values = [np.array([p_self * weight], dtype=np.float64) for _, weight in targets]
+        for (target, _), value in zip(targets, values):
+            self.win.Accumulate([value, MPI.DOUBLE], target, self.p_spec,
+                                MPI.SUM if accumulate else MPI.REPLACE)
+        return values
+
+    def _count_puts(self, targets: Sequence[int]):
+        """One more completed put to each of ``targets``, in my window memory, where the targets
         read it (:meth:`versions`): in the unified memory model a store is visible to remote gets
         without further calls, in the separate one ``Win_sync`` publishes it."""
         counts = self._sent
-        for entry in done:
-            counts[entry[0]] += 1
+        for target in targets:
+            counts[target] += 1
         if not self.unified:
             self.win.Sync()
-
-    def _unit_plan(self, tensor: torch.Tensor, targets):
-        """For ``tensor`` sent with weight 1 to every target, in one message each: ``(target,
-        message, target spec)`` per target; None otherwise.  Kept by the tensor's address (which
-        names the same bytes whichever tensor owns them later, see :meth:`view_of`)."""
-        view, plan = self.view_of(tensor), None
-        if self.numel <= self.chunk and all(weight == 1.0 for _, weight in targets):
-            message = [view, self.mpi_type]
-            plan = [(t, message, self.slot_spec[t]) for t, _ in targets]
-        # the entry keeps the view (its memory) and the targets (so their id stays theirs)
-        self._plans.put((tensor.data_ptr(), id(targets)), (view, targets, plan))
-        return plan
-
-    def _post(self, view, tensor, target, weight, accumulate, p_self):
-        """Start one target's transfer of :meth:`send` (the general case); returns the buffers MPI
-        reads from."""
-        MPI, win = self.MPI, self.win
-        data = view if weight == 1.0 else scaled(tensor.detach(), weight).numpy()
-        if self.numel > self.chunk:
-            self._post_pieces(data, target, accumulate)
-        elif accumulate:
-            win.Accumulate([data, self.mpi_type], target, self.slot_spec[target], MPI.SUM)
-        else:
-            win.Put([data, self.mpi_type], target, self.slot_spec[target])
-        value = None
-        if p_self is not None:
-            value = np.array([p_self * weight], dtype=np.float64)
-            win.Accumulate([value, MPI.DOUBLE], target, self.p_spec,
-                           MPI.SUM if accumulate else MPI.REPLACE)
-        return data, value
-
-    def _post_pieces(self, data: np.ndarray, target: int, accumulate: bool):
-        """``data`` into my slot on ``target`` in messages of at most ``chunk`` elements."""
-        MPI, win, kind, step = self.MPI, self.win, self.mpi_type, self.chunk
-        disp, data = self.slot_disp[target], data.reshape(-1)
-        for start in range(0, self.numel, step):
-            count = min(step, self.numel - start)
-            spec = (disp + start * self.itemsize, count, kind)
-            piece = [data[start:start + count], kind]
-            if accumulate:
-                win.Accumulate(piece, target, spec, MPI.SUM)
-            else:
-                win.Put(piece, target, spec)
 
     def fetch(self, sources: Sequence[int], mutex: bool):
         """Copy each source's self memory into my slot for it and count a version; complete when
         it returns (with ``mutex``, each under my mutex at the source)."""
-        if mutex:
-            me = self.rank
+        if mutex:                 # each source alone, completed under its mutex
             for source in sources:
-                self.acquire(source, me)
+                self.acquire(source, self.rank)
                 try:
-                    self._post_read(source)
-                    self.win.Flush(source)
+                    self.fetch((source,), False)
                 finally:
-                    self.release(source, me)
-        else:
-            win = self.win
-            if self.numel <= self.chunk:
-                into, spec = self._get_into, self.self_spec
-                for source in sources:
-                    win.Get(into[source], source, spec)
-            else:
-                for source in sources:
-                    self._post_read(source)
-            if len(sources) > 1:
-                win.Flush_all()
-            elif sources:
-                win.Flush(sources[0])
+                    self.release(source, self.rank)
+            return
+        win, reads = self.win, self._reads
+        for source in sources:
+            for into, spec in reads[source]:
+                win.Get(into, source, spec)
+        if len(sources) > 1:
+            win.Flush_all()
+        elif sources:
+            win.Flush(sources[0])
         with self._lock:
             for source in sources:
                 self._gets[source] += 1
-
-    def _post_read(self, source: int):
-        win, kind, step = self.win, self.mpi_type, self.chunk
-        into = self.slot_np[source]
-        if self.numel <= step:
-            win.Get([into, kind], source, self.self_spec)
-        else:
-            for start in range(0, self.numel, step):
-                count = min(step, self.numel - start)
-                win.Get([into[start:start + count], kind], source,
-                        (self.meta + start * self.itemsize, count, kind))
 
     def _writers_counts(self) -> np.ndarray:
         """Read, from each in-neighbour's window, how many puts it has completed to me."""
@@ -339,7 +293,7 @@ class Window:
         self.open = False
         self.slots.clear()
         self.slot_np.clear()
-        self._get_into.clear()
+        self._reads.clear()
         self._views.clear()
         self._plans.clear()
         self._sent.release()
@@ -348,59 +302,17 @@ class Window:
         self.win.Free()
 
 
-class WindowHandle:
-    """The pending result of a nonblocking window op (Future-like), for ``bf.win_wait`` /
-    ``bf.win_poll``.  Numbered by its own counter, apart from the collective ops' handles, as in
-    Bluefog; ``int(handle)`` is that number."""
-
-    __slots__ = ("id", "name", "output", "cleared", "_error", "_event")
-    _numbers = itertools.count(1)
-
-    def __init__(self, name: str):
-        self.id = next(WindowHandle._numbers)
-        self.name = name
-        self.output = None
-        self.cleared = False
-        self._error: Optional[BaseException] = None
-        self._event = threading.Event()
-
-    def __int__(self):
-        return self.id
-
-    __index__ = __int__
-
-    def __repr__(self):
-        state = "done" if self.done() else "pending"
-        return f"<bluefog WindowHandle {self.id} {self.name!r} {state}>"
-
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def set_result(self, output) -> None:
-        self.output = output
-        self._event.set()
-
-    def set_error(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
-
-    def wait(self):
-        """Block until done; return the output or raise the op's error."""
-        self._event.wait()
-        if self._error is not None:
-            raise self._error
-        return self.output
-
-
 class Worker:
     """Runs nonblocking window ops one after another on a daemon thread, in submission order.
 
     Window ops are never negotiated, so they do not go through the engine queue (where they would
     wait behind negotiation rounds).  A blocking op runs on the caller's thread when the worker is
-    idle, and queues behind the worker's jobs otherwise, so ops complete in the order issued.
+    idle, and queues behind the worker's jobs otherwise, so ops complete in the order issued.  Its
+    handles (``Handle(name, worker=worker)``) are numbered by ``numbers``.
     """
 
     def __init__(self):
+        self.numbers = itertools.count(1)
         self._jobs: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._active = 0
@@ -409,7 +321,9 @@ class Worker:
     def idle(self) -> bool:
         return self._active == 0
 
-    def submit(self, job: Callable[[], object], handle: WindowHandle) -> WindowHandle:
+    def submit(self, job: Callable[[], object], name: str) -> Handle:
+        """Run ``job`` after the jobs submitted before; its handle is named ``name``."""
+        handle = Handle(name, worker=self)
         with self._cond:
             self._jobs.append((job, handle))
             self._active += 1
@@ -419,6 +333,13 @@ class Worker:
                 self._thread.start()
             self._cond.notify_all()
         return handle
+
+    def wait(self, handle: Handle):
+        """Block until ``handle``'s job is done; return its output or raise its error."""
+        with self._cond:
+            while not handle.done():
+                self._cond.wait()
+        return handle.result()
 
     def drain(self):
         """Wait until every submitted job has finished."""

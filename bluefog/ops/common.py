@@ -98,7 +98,7 @@ class Submission:
         self.ctx = live_context()
         self.handle = Handle("", output)
         self.route = None              # for CUDA tensors: cuda.NCCL or cuda.STAGED
-        self.kernels = None            # the route's kernels (kernels.Route), set by place
+        self.kernels = None            # the route's kernels (kernels.ROUTE_METHODS), set by place
         self.handle.name = op_name(prefix, name)
 
     def place(self, op: str, tensor: torch.Tensor, inplace: bool = False, comm=None) -> torch.Tensor:
@@ -164,14 +164,14 @@ def submit(request: Request) -> Handle:
 
 def poll(handle) -> bool:
     """True if the op behind ``handle`` has finished (never blocks)."""
-    if not isinstance(handle, Handle) or handle.cleared:
+    if not isinstance(handle, Handle) or handle.worker is not None or handle.cleared:
         raise ValueError(f"Handle {handle} was not created or has been cleared.")
     return handle.done()
 
 
 def synchronize(handle):
     """Wait for the op behind ``handle`` and return its output tensor (or raise its error)."""
-    if not isinstance(handle, Handle) or handle.cleared:
+    if not isinstance(handle, Handle) or handle.worker is not None or handle.cleared:
         raise ValueError("Cannot find handle to synchronize")
     try:
         return context.current().engine.wait(handle)

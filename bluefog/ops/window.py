@@ -37,8 +37,9 @@ import torch
 
 from bluefog import context
 from bluefog.context import neighbors
+from bluefog.engine.handle import Handle
 from bluefog.engine.kernels import scaled
-from bluefog.engine.window import WINDOW_DTYPES, Window, WindowHandle, Worker
+from bluefog.engine.window import WINDOW_DTYPES, Window, Worker
 from bluefog.ops.common import Submission, check_tensor, live_context, signature, synchronize
 from bluefog.ops.window_sync import (UnknownWindowError, WindowLock, WindowMutex, lookup,
                                      win_update, win_update_then_collect)
@@ -230,8 +231,8 @@ def _send(op: str, tensor, name, self_weight, dst_weights, require_mutex: bool, 
     dead = ctx.engine.ft is not None and ctx.failed_ranks()
     if (wait and dst_weights is None and self_weight is None and not require_mutex
             and not ctx.associated_p and not dead and _worker.idle() and timeline.TIMELINE is None
-            and tensor.is_cpu and window.send_plain(tensor, entry.default_targets,
-                                                    op == "win_accumulate")):
+            and tensor.is_cpu):
+        window.send(tensor, entry.default_targets, op == "win_accumulate", None, False, True)
         return True                        # the plainest call: the fewest steps
     if dst_weights is None:
         targets, reuse = entry.default_targets, True
@@ -302,8 +303,8 @@ def _start(job, op: str, name: str, wait: bool):
     else in order behind its jobs (True).  Traced on the timeline: ENQUEUE_/MPI_WIN_* spans."""
     if wait and _worker.idle():
         return timeline.traced(job, name, _ACTIVITY[op])()
-    handle = _worker.submit(timeline.traced(job, name, _ACTIVITY[op]), WindowHandle(f"{op}.{name}"))
-    return handle.wait() if wait else handle
+    handle = _worker.submit(timeline.traced(job, name, _ACTIVITY[op]), f"{op}.{name}")
+    return _worker.wait(handle) if wait else handle
 
 
 def win_put_nonblocking(tensor, name, self_weight=None, dst_weights=None, require_mutex=False):
@@ -375,12 +376,12 @@ neighbor_win_accumulate_nonblocking = win_accumulate_nonblocking
 def win_wait(handle) -> bool:
     """Block until the window op behind ``handle`` is done; True, or its error raised here.
     An unknown (or already waited) handle logs a warning and returns False."""
-    if not isinstance(handle, WindowHandle) or handle.cleared:
+    if not isinstance(handle, Handle) or handle.worker is not _worker or handle.cleared:
         logger.warning("win_wait: handle %s was not created by a window op or has been cleared.",
                        handle)
         return False
     try:
-        handle.wait()
+        _worker.wait(handle)
     finally:
         handle.cleared = True
     return True
@@ -388,7 +389,7 @@ def win_wait(handle) -> bool:
 
 def win_poll(handle) -> bool:
     """True if the window op behind ``handle`` has finished (never blocks)."""
-    if not isinstance(handle, WindowHandle) or handle.cleared:
+    if not isinstance(handle, Handle) or handle.worker is not _worker or handle.cleared:
         raise ValueError(f"Handle {handle} was not created or has been cleared.")
     return handle.done()
 

@@ -669,14 +669,18 @@ def case_blocking_ops_run_their_round_on_the_calling_thread():
 @sizes(2, 4)
 def case_rounds_by_allgather_above_the_point_to_point_limit():
     """Worlds above ``P2P_ROUND_LIMIT`` ranks negotiate with one ``Iallgather`` per round (and carry
-    no data); forced here by lowering the limit on every rank while the engine is idle."""
+    no data); forced here by giving the idle engine, on every rank, the mailbox made under a
+    lower limit."""
     from bluefog import context
     from bluefog.engine import negotiation
     r, n = bf.rank(), bf.size()
-    stats = context.current().engine.stats
+    engine = context.current().engine
+    stats = engine.stats
     bf.barrier()
     saved, negotiation.P2P_ROUND_LIMIT = negotiation.P2P_ROUND_LIMIT, 1
+    box, engine.mailbox = engine.mailbox, negotiation.mailbox_for(n, r)
     try:
+        assert not engine.mailbox.point_to_point
         carried = stats["carried"]
         x = torch.full((6,), float(r))
         close(bf.neighbor_allreduce(x, name="ag_nar"),
@@ -691,3 +695,5 @@ def case_rounds_by_allgather_above_the_point_to_point_limit():
         bf.barrier()
     finally:
         negotiation.P2P_ROUND_LIMIT = saved
+        engine.mailbox.free()
+        engine.mailbox = box
