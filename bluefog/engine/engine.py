@@ -438,9 +438,7 @@ class Engine:
                 raise
             self._round = None
             self._round_started = None
-            for req in list(self._pending):
-                self._pending.remove(req)
-                self._finish(req, error=error)
+            self._fail_pending(error)
             return True
 
     def _start_round(self, kernel):
@@ -480,11 +478,15 @@ class Engine:
             self._unproductive += 1
             self._next_round = time.monotonic() + max(self._cycle, min(0.05, 1e-4 * self._unproductive))
             if decision.stuck and self._unproductive >= _STUCK_ROUNDS:
-                for req in list(self._pending):
-                    self._pending.remove(req)
-                    self._finish(req, error=ValueError(decision.stuck))
+                self._fail_pending(ValueError(decision.stuck))
         else:
             self._unproductive = 0
+
+    def _fail_pending(self, error: BaseException):
+        """Every pending op fails with ``error``."""
+        pending, self._pending = self._pending, []
+        for req in pending:
+            self._finish(req, error=error)
 
     def _launch(self, group: List[Request], dim0s, negotiated: bool, carried=None):
         """Start one kernel for ``group`` (one request, or several fused ones)."""

@@ -1,22 +1,12 @@
 """Fault-tolerant mode: the engine keeps going when ranks die (ULFM underneath).
 
 Turned on by ``BLUEFOG_FAULT_TOLERANT=1`` under ``mpirun --with-ft ulfm`` (``bfrun
---fault-tolerant``).  Ranks keep their world numbers for the whole job; the engine talks through
-:class:`LiveComm`, which maps a world rank to its place in the communicator of the survivors and
-drops messages to (and receives from) dead ranks.
-
-Commit protocol
----------------
-Work runs in *epochs*: a negotiation round (an ``Iallgather`` of the round records over the
-survivors), then the kernels it decided.  Each phase ends in an agreement (``MPI_Comm_iagree`` on a
-communicator used for nothing else), which ULFM makes uniform: it succeeds on every survivor or
-fails on every survivor.  Outputs reach their handles only after the kernel phase agreed, so an op
-completes on every survivor or on none.  A rank that sees a failure (``MPI_ERR_PROC_FAILED``, or
-``MPI_ERR_REVOKED`` from a peer that saw one) revokes the data and control communicators (freeing
-peers blocked on it), takes part in the pending agreement with 0, and every survivor then
-*recovers*: shrinks the agreement communicator (the shrink agrees on the failed set), builds the
-data and control communicators over the survivors, puts the epoch's ops back at the head of the
-queue (restoring what in-place ops overwrote) and negotiates them again without the dead ranks.
+--fault-tolerant``).  Ranks keep their world numbers; the engine talks through :class:`LiveComm`,
+which maps a world rank to its place among the survivors and drops messages to and from the dead.
+Work runs in epochs (:class:`Epoch`: a round, then the kernels it decided), each phase ending in
+a uniform agreement, so an op completes on every survivor or on none; after a failure every
+survivor revokes, shrinks, rebuilds its communicators and runs the epoch again
+(:meth:`FaultState.recover`).  See docs/fault-tolerance.md ("How it works").
 
 Example::
 
