@@ -621,14 +621,20 @@ def case_cuda_tensor_windows_stage_through_host():
 
 @sizes(2, 4)
 def case_large_tensors_move_in_chunks():
-    """Transfers longer than BLUEFOG_MAX_WIN_SENT_LENGTH go in pieces (here 7 elements)."""
+    """Transfers longer than BLUEFOG_MAX_WIN_SENT_LENGTH go in pieces (here 7 elements, set in
+    the settings the windows are made with)."""
+    import dataclasses
+
     from bluefog import context
     n, r, ins, outs = _start()
+    ctx = context.current()
+    settings = ctx.settings
+    ctx.settings = dataclasses.replace(settings, max_win_sent_length=7)
     try:
         for dtype in FLOATS:
             x = torch.arange(23 * 3, dtype=dtype).reshape(23, 3) + r
             bf.win_create(x, "chunks")
-            context.current().windows["chunks"].window.chunk = 7
+            assert ctx.windows["chunks"].window.chunk == 7
             bf.win_put(x, "chunks", dst_weights={o: 2.0 for o in outs})
             bf.win_accumulate(x, "chunks")
             bf.barrier()
@@ -642,4 +648,5 @@ def case_large_tensors_move_in_chunks():
             bf.barrier()
             bf.win_free("chunks")
     finally:
+        ctx.settings = settings
         _end()
