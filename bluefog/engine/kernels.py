@@ -8,6 +8,7 @@ or round bytes).
 float16 data travels as raw 16-bit words and is added up in float32 (``compute_dtype``).
 """
 
+import math
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -87,8 +88,7 @@ class MpiRoute:
         """Every rank's tensor concatenated along dim 0 (first dims may differ)."""
         comm = self.comm
         dim0s = live_dim0s(comm, (yield from gathered_dim0s(comm, tensor, launch.dim0s)))
-        row = _row_elements(tensor)
-        counts = np.array(dim0s, dtype=np.int64) * row
+        counts = np.array(dim0s, dtype=np.int64) * math.prod(tensor.shape[1:])
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         output = memory.new_empty(tensor, (int(sum(dim0s)),) + tuple(tensor.shape[1:]))
         received = wire(output)
@@ -163,10 +163,6 @@ def carry_to_all(comm, tensor: torch.Tensor):
     data = wire(tensor).reshape(-1).view(np.uint8)
     me = comm.Get_rank()
     return {r: data for r in range(comm.Get_size()) if r != me}
-
-
-def _row_elements(tensor: torch.Tensor) -> int:
-    return int(np.prod(tensor.shape[1:], dtype=np.int64))
 
 
 def gathered_dim0s(comm, tensor: torch.Tensor, dim0s: Optional[Sequence[int]]):
