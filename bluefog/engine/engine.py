@@ -23,7 +23,7 @@ from bluefog.engine import fault, negotiation
 from bluefog.engine.handle import Handle
 from bluefog.engine.memory import BoundedCache
 from bluefog.engine.mpi import mpi
-from bluefog.engine.polling import CALLER_SPINS, Backoff
+from bluefog.engine.polling import CALLER_SPINS, Backoff, Running, resume, wait_any
 from bluefog.engine.record import Decision
 from bluefog.engine.request import Launch, Request
 from bluefog.errors import SHUT_DOWN, ShutdownError
@@ -37,35 +37,6 @@ _DUPLICATE_NAME = ("Requested to collective operation like (allreduce, neighbor_
 _STUCK_ROUNDS = 40          # unproductive rounds with every rank blocked before we call it a deadlock
 _SKIP_TAG = 7
 MAX_LONE_PLANS = 256        # prepared lone rounds kept (lone.py)
-
-
-def _complete(waiting) -> bool:
-    """True once what a kernel yielded (MPI requests, or a test of GPU work) is done."""
-    if not waiting:
-        return True
-    if callable(waiting):
-        return waiting()
-    return mpi().Request.Testall(waiting)
-
-
-def _resume(entry) -> bool:
-    """Resume ``entry``'s kernel once what it waits for is done (True; False while it waits): its
-    output comes as ``StopIteration``, its failure as the exception."""
-    if not _complete(entry.waiting):
-        return False
-    entry.waiting = entry.kernel.send(None)
-    return True
-
-
-class _Running:
-    """A kernel in flight: the requests it serves (several when fused) and what it waits for."""
-
-    __slots__ = ("requests", "kernel", "waiting")
-
-    def __init__(self, requests, kernel):
-        self.requests = requests
-        self.kernel = kernel
-        self.waiting: list = []
 
 
 class Engine:
@@ -88,7 +59,7 @@ class Engine:
         # fault-tolerant mode (fault.py): survivors' communicators, epochs that end in agreements
         self.ft: Optional[fault.FaultState] = None
         self._epoch: Optional[fault.Epoch] = None
-        self._commit: Optional[_Running] = None
+        self._commit: Optional[Running] = None
         self.failure_hooks: List[Callable[[List[int]], None]] = []
         if fault_tolerant:
             world.Set_errhandler(MPI.ERRORS_RETURN)
@@ -117,8 +88,8 @@ class Engine:
         self._submitted: collections.deque = collections.deque()
         self._names: set = set()
         self._pending: List[Request] = []
-        self._running: List[_Running] = []
-        self._round: Optional[_Running] = None
+        self._running: List[Running] = []
+        self._round: Optional[Running] = None
         self._next_round = 0.0
         self._holding = 0          # open batch() blocks: keep submissions back until they close
         self._round_started: Optional[float] = None   # while a round is in flight
@@ -331,27 +302,14 @@ class Engine:
             self._drive.release()
 
     def _wait_in_mpi(self) -> bool:
-        """Block in ``MPI_Waitany`` on every outstanding request, if all the work is posted.
-
-        Only a waiting caller does this (the background thread never blocks in MPI).  Nothing it
-        could start is left unstarted: no queued submissions, and no pending op without a round in
-        flight, so the requests it waits on complete without further action from this rank.
-        """
+        """Block in MPI until a request in flight completes (:func:`polling.wait_any`), if all the
+        work is posted: no queued submissions, and no pending op without a round in flight, so
+        the requests complete without further action from this rank.  Only a waiting caller does
+        this (the background thread never blocks in MPI)."""
         if self._submitted or (self._pending and self._round is None):
             return False
-        entries = self._running + ([self._round] if self._round is not None else [])
-        if self._commit is not None:
-            entries.append(self._commit)
-        entries = [entry for entry in entries if entry.waiting]
-        if any(callable(entry.waiting) for entry in entries):
-            return False               # GPU work is polled, not waited for inside MPI
-        if len(entries) == 1:          # the only thing in flight: wait for all of it at once
-            mpi().Request.Waitall(entries[0].waiting)
-        elif entries:
-            mpi().Request.Waitany([req for entry in entries for req in entry.waiting])
-        else:
-            return False
-        return True
+        return wait_any(self._running + [entry for entry in (self._round, self._commit)
+                                         if entry is not None])
 
     # ----------------------------------------------------------------- the progress pass
     def progress(self) -> bool:
@@ -381,9 +339,9 @@ class Engine:
         if self._running or self._round is not None:
             return False
         if self._commit is None:
-            self._commit = _Running([], self.ft.agree())
+            self._commit = Running([], self.ft.agree())
         try:
-            return _resume(self._commit)
+            return resume(self._commit)
         except StopIteration:
             pass
         epoch, self._epoch, self._commit = self._epoch, None, None
@@ -427,7 +385,7 @@ class Engine:
                 kernel = self.ft.agreed(kernel)
             self._start_round(kernel)
         try:
-            return _resume(self._round)
+            return resume(self._round)
         except StopIteration as stop:
             self._round = None
             self._round_started = None
@@ -442,7 +400,7 @@ class Engine:
             return True
 
     def _start_round(self, kernel):
-        self._round = _Running([], kernel)
+        self._round = Running([], kernel)
         self._watch([req.name for req in self._pending[:5]])
 
     def _watch(self, names: List[str]):
@@ -509,7 +467,7 @@ class Engine:
         tl = _timeline.TIMELINE
         if tl is not None:
             kernel = tl.processing(group, kernel)   # timeline: the MPI_<activity> spans
-        entry = _Running(group, kernel)
+        entry = Running(group, kernel)
         self._running.append(entry)
         self._step(entry)
 
@@ -530,9 +488,9 @@ class Engine:
         yield from negotiation.check_topology(self.ctrl_comm, self.mailbox, req)
         return (yield from kernel)
 
-    def _step(self, entry: _Running) -> bool:
+    def _step(self, entry: Running) -> bool:
         try:
-            return _resume(entry)
+            return resume(entry)
         except StopIteration as stop:
             self._running.remove(entry)
             outputs = stop.value if len(entry.requests) > 1 else [stop.value]

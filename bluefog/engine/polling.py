@@ -1,8 +1,11 @@
-"""Polling politely: how the engine and the window lock wait without starving the other ranks.
+"""Waiting: for what a kernel in flight waits on, and politely, without starving the other ranks.
 
-Four ranks on two cores share the CPU: a thread that spins on a test while a peer needs the core
-delays that peer, and so itself.  :class:`Backoff` yields the CPU a few times, then sleeps with
-growing pauses.
+A kernel (a round too) is a generator that yields what it waits for, a list of MPI requests or,
+for GPU work, a function that tells whether that work is done, and returns its output.
+:func:`resume` moves a :class:`Running` kernel on once that is done; :func:`wait_any` blocks inside
+MPI until something in flight can move.  Four ranks on two cores share the CPU: a thread that
+spins on a test while a peer needs the core delays that peer, and so itself.  :class:`Backoff`
+yields the CPU a few times, then sleeps with growing pauses.
 
 Example::
 
@@ -13,6 +16,8 @@ Example::
 
 import os
 import time
+
+from bluefog.engine.mpi import mpi
 
 CALLER_SPINS = 200     # sched_yield()s a waiting caller makes before it starts to sleep
 
@@ -52,3 +57,46 @@ def wait_request(request) -> None:
     backoff = Backoff(spins=CALLER_SPINS)
     while not request.Test():
         backoff.pause()
+
+
+class Running:
+    """A kernel in flight: the requests it serves (several when fused) and what it waits for."""
+
+    __slots__ = ("requests", "kernel", "waiting")
+
+    def __init__(self, requests, kernel):
+        self.requests = requests
+        self.kernel = kernel
+        self.waiting: list = []
+
+
+def complete(waiting) -> bool:
+    """True once what a kernel yielded (MPI requests, or a test of GPU work) is done."""
+    if not waiting:
+        return True
+    if callable(waiting):
+        return waiting()
+    return mpi().Request.Testall(waiting)
+
+
+def resume(entry: Running) -> bool:
+    """Resume ``entry``'s kernel once what it waits for is done (True; False while it waits): its
+    output comes as ``StopIteration``, its failure as the exception."""
+    if not complete(entry.waiting):
+        return False
+    entry.waiting = entry.kernel.send(None)
+    return True
+
+
+def wait_any(entries) -> bool:
+    """Block inside MPI until a request of ``entries`` completes (all of them, when one entry
+    waits): MPI then polls in C and yields, as a blocking MPI call does.  False, without waiting,
+    when nothing waits on MPI requests or some entry waits on GPU work (which is polled)."""
+    entries = [entry for entry in entries if entry.waiting]
+    if not entries or any(callable(entry.waiting) for entry in entries):
+        return False
+    if len(entries) == 1:
+        mpi().Request.Waitall(entries[0].waiting)
+    else:
+        mpi().Request.Waitany([req for entry in entries for req in entry.waiting])
+    return True

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, FrozenSet, Generator, Optional, Tuple
 from bluefog.engine.handle import Handle
 from bluefog.engine.memory import BoundedCache
 
-# A kernel runs one op: it yields lists of MPI requests to wait for and returns the output.
+# A kernel runs one op: it yields what it waits for (see polling.py) and returns the output.
 Kernel = Generator[list, None, Any]
 
 
