@@ -396,7 +396,7 @@ class Engine:
                 raise
             self._round = None
             self._round_started = None
-            self._fail_pending(error)
+            self._fail_pending(lambda error=error: error)   # (one error for all, as before)
             return True
 
     def _start_round(self, kernel):
@@ -436,15 +436,15 @@ class Engine:
             self._unproductive += 1
             self._next_round = time.monotonic() + max(self._cycle, min(0.05, 1e-4 * self._unproductive))
             if decision.stuck and self._unproductive >= _STUCK_ROUNDS:
-                self._fail_pending(ValueError(decision.stuck))
+                self._fail_pending(lambda: ValueError(decision.stuck))
         else:
             self._unproductive = 0
 
-    def _fail_pending(self, error: BaseException):
-        """Every pending op fails with ``error``."""
+    def _fail_pending(self, error: Callable[[], BaseException]):
+        """Every pending op fails with the exception ``error()`` makes for it."""
         pending, self._pending = self._pending, []
         for req in pending:
-            self._finish(req, error=error)
+            self._finish(req, error=error())
 
     def _launch(self, group: List[Request], dim0s, negotiated: bool, carried=None):
         """Start one kernel for ``group`` (one request, or several fused ones)."""

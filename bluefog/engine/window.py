@@ -165,10 +165,9 @@ class Window:
     def _send_plan(self, tensor: torch.Tensor, targets, reuse: bool):
         """What :meth:`send` posts: ``(target, message, spec)`` transfers of ``tensor`` (weight 1)
         or its scaled copy in :meth:`_pieces`, the call that completes them, the target ranks and
-        ``targets``.  Kept, with
-        ``reuse`` and every weight 1, by the tensor's address (which names the same bytes whichever
-        tensor owns them later, see :meth:`view_of`) and the targets' id (the entry keeps the
-        targets, so their id stays theirs; the messages keep the view)."""
+        ``targets``.  Kept, with ``reuse`` and every weight 1, by the tensor's address (which names
+        the same bytes whichever tensor owns them later, see :meth:`view_of`) and the targets' id
+        (the entry keeps the targets, so their id stays theirs; the messages keep the view)."""
         view, ranks, win = self.view_of(tensor), [target for target, _ in targets], self.win
         transfers = [(target, message, spec) for target, weight in targets
                      for message, spec in self._pieces(
